@@ -1,0 +1,255 @@
+"""The protocol engine: serves requests, forwards them, relocates keys (Lapse).
+
+Every request (pull, push, set, relocate) is served the same way by whichever rank
+receives it, split over its keys with vectorized masks:
+
+  * keys this rank owns are applied now and answered to the origin;
+  * keys this rank is waiting for (INCOMING) are queued, in arrival order, and applied
+    when their rows arrive -- so no update is lost while a key is in transfer;
+  * all other keys are forwarded: to the location hint, or to the key's home rank,
+    which always knows the current owner. After ``MAX_HOPS`` forwards a request goes
+    to the home, so stale hints cannot make it circle.
+
+Relocation (``localize``) is requester -> home -> old owner -> requester: at most three
+messages. The home updates the owner when it receives the request, so it is always
+authoritative; the old owner leaves a hint pointing to the new owner.
+
+Concurrency: all state is guarded by one re-entrant lock, taken by the user's thread
+for local operations and by the transport thread for each message. Messages a rank
+sends to itself are dispatched inline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import numpy as np
+
+from . import protocol
+from .errors import ProtocolError
+from .handles import Handle
+from .protocol import H, Tag
+from .store import INCOMING, TableState
+
+MAX_HOPS = 4
+
+
+@dataclasses.dataclass
+class Msg:
+    """A request or reply being processed: a decoded message (or one built locally)."""
+
+    tag: Tag
+    table: TableState
+    req: int
+    origin: int
+    keys: np.ndarray
+    pos: np.ndarray
+    rows: np.ndarray | None = None
+    hops: int = 0
+    aux: int = -1
+
+    def subset(self, mask: np.ndarray) -> "Msg":
+        return dataclasses.replace(self, keys=self.keys[mask], pos=self.pos[mask],
+                                   rows=None if self.rows is None else self.rows[mask])
+
+
+class Engine:
+    """Per-rank protocol state machine. Used by ParameterServer; not public."""
+
+    def __init__(self, tables: list[TableState], rank: int, size: int, stats: dict):
+        self.tables = tables
+        self.rank, self.size = rank, size
+        self.stats = stats
+        self.lock = threading.RLock()
+        self.handles: dict[int, Handle] = {}
+        self._next_req = 0
+        self.transport = None  # set by the server when size > 1
+
+    # ----- handles -----------------------------------------------------------------
+    def new_handle(self, kind: str, t: TableState, remaining: int, **kw) -> Handle:
+        """Register a handle whose answers will arrive as messages (lock held)."""
+        self._next_req += 1
+        h = Handle(self._next_req, kind, t.name, remaining, **kw)
+        if remaining:
+            self.handles[h.id] = h
+        return h
+
+    def _answer(self, req: int, n: int) -> Handle:
+        h = self.handles.get(req)
+        if h is None:
+            raise ProtocolError(f"rank {self.rank}: answer for unknown request {req}")
+        if h._answer(n):
+            del self.handles[req]
+        return h
+
+    # ----- sending -----------------------------------------------------------------
+    def send(self, dest: int, m: Msg, tag: Tag | None = None) -> None:
+        """Send ``m`` (with ``tag`` if given) to ``dest``; inline when dest is this rank."""
+        tag = m.tag if tag is None else tag
+        if dest == self.rank:
+            self.dispatch(self.rank, dataclasses.replace(m, tag=tag))
+            return
+        buf = protocol.pack(m.table.index, m.req, m.origin, m.keys, m.pos, m.rows,
+                            hops=m.hops, aux=m.aux)
+        self.transport.send(dest, int(tag), buf)
+
+    def send_grouped(self, dest: np.ndarray, m: Msg) -> None:
+        """Split ``m`` by destination rank: one message per destination."""
+        if len(dest) and (dest == dest[0]).all():
+            self.send(int(dest[0]), m)
+            return
+        order = np.argsort(dest, kind="stable")
+        ranks, starts = np.unique(dest[order], return_index=True)
+        bounds = list(starts[1:]) + [len(order)]
+        for r, a, b in zip(ranks, starts, bounds):
+            self.send(int(r), m.subset(order[a:b]))
+
+    # ----- receiving ---------------------------------------------------------------
+    def on_message(self, source: int, tag: int, buf: np.ndarray) -> None:
+        """Transport callback: decode and dispatch one message."""
+        t = self.tables[int(buf[:protocol.HEADER_BYTES].view(np.int64)[H.TABLE])]
+        tag = Tag(tag)
+        width = t.spec.width if tag in protocol.CARRIES_ROWS else None
+        header, keys, pos, rows = protocol.unpack(buf, width)
+        m = Msg(tag, t, int(header[H.REQ]), int(header[H.ORIGIN]), keys, pos, rows,
+                int(header[H.HOPS]), int(header[H.AUX]))
+        self.dispatch(source, m)
+
+    def dispatch(self, source: int, m: Msg) -> None:
+        with self.lock:
+            if m.tag in protocol.REQUESTS:
+                self.serve(m)
+            elif m.tag is Tag.PULL_REPLY:
+                self._learn_owner(m.table, m.keys, source)
+                h = self.handles.get(m.req)
+                if h is None:
+                    raise ProtocolError(f"rank {self.rank}: reply for unknown request {m.req}")
+                h.result[m.pos] = m.rows
+                self._answer(m.req, len(m.keys))
+            elif m.tag is Tag.WRITE_ACK:
+                self._learn_owner(m.table, m.keys, source)
+                self._answer(m.req, len(m.keys))
+            elif m.tag is Tag.LOCALIZE:
+                self._on_localize(m)
+            elif m.tag is Tag.TRANSFER:
+                self._on_transfer(m)
+            else:
+                raise ProtocolError(f"rank {self.rank}: unexpected tag {m.tag!r}")
+
+    # ----- serving requests ----------------------------------------------------------
+    def serve(self, m: Msg) -> None:
+        """Apply owned keys, queue INCOMING ones, forward the rest (lock held)."""
+        t = m.table
+        slots = t.store.slot[m.keys]
+        own = slots >= 0
+        if own.all():
+            self._apply(m, slots)
+            return
+        if own.any():
+            self._apply(m.subset(own), slots[own])
+        incoming = slots == INCOMING
+        if incoming.any():
+            t.queue.append(m.subset(incoming))
+        rest = ~(own | incoming)
+        if rest.any():
+            if m.tag is Tag.RELOCATE:
+                raise ProtocolError(f"rank {self.rank}: asked to relocate key "
+                                    f"{m.keys[rest][0]} of {t.name!r} which it does not hold")
+            self._forward(m.subset(rest))
+
+    def _apply(self, m: Msg, slots: np.ndarray) -> None:
+        store = m.table.store
+        if m.tag is Tag.PULL:
+            self.send(m.origin, dataclasses.replace(m, rows=store.values[slots], hops=0),
+                      Tag.PULL_REPLY)
+        elif m.tag is Tag.PUSH:
+            store.add(slots, m.rows)
+            self.send(m.origin, dataclasses.replace(m, rows=None, hops=0), Tag.WRITE_ACK)
+        elif m.tag is Tag.SET:
+            store.values[slots] = m.rows
+            self.send(m.origin, dataclasses.replace(m, rows=None, hops=0), Tag.WRITE_ACK)
+        elif m.tag is Tag.RELOCATE:
+            rows = store.remove(m.keys, slots)
+            m.table.hint[m.keys] = m.aux
+            self.stats["relocations_out"] += len(m.keys)
+            self.send(m.aux, dataclasses.replace(m, rows=rows, hops=0), Tag.TRANSFER)
+
+    def _forward(self, m: Msg) -> None:
+        t = m.table
+        home = (m.keys % self.size).astype(np.int32)
+        if m.hops >= MAX_HOPS:
+            dest = home
+        else:
+            dest = t.hint[m.keys]
+            dest = np.where(dest == self.rank, home, dest)
+        at_home = dest == self.rank
+        if at_home.any():
+            dest[at_home] = t.owner[m.keys[at_home] // self.size]
+            if (dest == self.rank).any():
+                k = m.keys[dest == self.rank][0]
+                raise ProtocolError(f"rank {self.rank} is home and owner of key {k} of "
+                                    f"{t.name!r} but neither holds nor expects it")
+        if m.origin != self.rank:
+            self.stats["forwards"] += len(m.keys)
+        self.send_grouped(dest, dataclasses.replace(m, hops=m.hops + 1))
+
+    def _learn_owner(self, t: TableState, keys: np.ndarray, source: int) -> None:
+        if source != self.rank:
+            t.hint[keys] = source
+
+    # ----- relocation ----------------------------------------------------------------
+    def localize(self, t: TableState, keys: np.ndarray) -> Handle:
+        """Ask for ``keys`` (unique) to move here; returns a handle (lock held)."""
+        slots = t.store.slot[keys]
+        need = keys[slots == -1]
+        h = self.new_handle("localize", t, len(need))
+        if len(need):
+            t.store.slot[need] = INCOMING
+            m = Msg(Tag.LOCALIZE, t, h.id, self.rank, need, np.zeros(len(need), np.int64),
+                    aux=self.rank)
+            self.send_grouped((need % self.size).astype(np.int32), m)
+        return h
+
+    def _on_localize(self, m: Msg) -> None:
+        """At the home: record the new owner, tell the current owner to hand over."""
+        t = m.table
+        idx = m.keys // self.size
+        current = t.owner[idx]
+        if (current == m.aux).any():
+            k = m.keys[current == m.aux][0]
+            raise ProtocolError(f"rank {m.aux} asked to localize key {k} of {t.name!r} "
+                                f"it already owns or expects")
+        t.owner[idx] = m.aux
+        self.send_grouped(current, dataclasses.replace(m, tag=Tag.RELOCATE, hops=0))
+
+    def _on_transfer(self, m: Msg) -> None:
+        """At the new owner: install rows, complete the localize, apply queued requests."""
+        t = m.table
+        if (t.store.slot[m.keys] != INCOMING).any():
+            raise ProtocolError(f"rank {self.rank}: unexpected transfer of {t.name!r} keys")
+        t.store.insert(m.keys, m.rows)
+        t.hint[m.keys] = self.rank
+        self.stats["relocations"] += len(m.keys)
+        self._answer(m.req, len(m.keys))
+        self._drain(t, m.keys)
+
+    def _drain(self, t: TableState, arrived: np.ndarray) -> None:
+        """Re-serve queued requests that touch ``arrived`` keys, keeping queue order.
+
+        A queued request that still has INCOMING keys keeps its place, so two requests
+        for the same key are always applied in the order they arrived.
+        """
+        queue, t.queue = t.queue, []
+        for q in queue:
+            if not np.isin(q.keys, arrived).any():
+                t.queue.append(q)
+                continue
+            slots = t.store.slot[q.keys]
+            still = slots == INCOMING
+            ready = ~still
+            if still.any():
+                t.queue.append(q.subset(still))
+            if ready.any():
+                # Owned now (applied), or already handed on by a queued relocate (forwarded).
+                self.serve(q.subset(ready))

@@ -1,0 +1,51 @@
+"""Handles of non-blocking PS operations (ps-lite's timestamps, as objects)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+
+class Handle:
+    """A pending PS operation. Wait for it with ``ps.wait(handle)``.
+
+    ``ps.wait`` returns the pulled rows for a pull and None otherwise. A handle may be
+    waited on more than once. Thread-safety: completion is signalled by the PS's
+    transport thread; ``done()`` may be called from any thread.
+    """
+
+    __slots__ = ("id", "kind", "table", "keys", "remaining", "result", "_event")
+
+    def __init__(self, req_id: int, kind: str, table: str, remaining: int,
+                 result: np.ndarray | None = None, keys: np.ndarray | None = None):
+        self.id = req_id
+        self.kind = kind
+        self.table = table
+        self.keys = keys            # for writes: the keys in flight (read-your-writes fences)
+        self.remaining = remaining  # keys not yet answered
+        self.result = result
+        self._event = threading.Event()
+        if remaining == 0:
+            self._event.set()
+
+    def done(self) -> bool:
+        """True once every key of the operation has been answered."""
+        return self._event.is_set()
+
+    def _answer(self, n: int) -> bool:
+        """Count n answered keys; returns True when the operation completed."""
+        self.remaining -= n
+        if self.remaining <= 0:
+            self._event.set()
+            return True
+        return False
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else f"{self.remaining} keys pending"
+        return f"Handle({self.kind} {self.table!r}, {state})"
+
+
+def completed(kind: str, table: str, result: np.ndarray | None = None) -> Handle:
+    """A handle for an operation that finished locally."""
+    return Handle(-1, kind, table, 0, result)

@@ -1,0 +1,77 @@
+"""Wire protocol: message tags and the one message layout every tag uses.
+
+Every message is a single contiguous numpy ``uint8`` buffer (no pickling):
+
+    header  int64[8]        see ``H`` for the field order
+    keys    int64[n]        table keys the message is about
+    pos     int64[n]        positions of those keys in the origin's request (for replies)
+    rows    float32[n, w]   only for tags in ``CARRIES_ROWS`` (w = the table's row width)
+
+MPI keeps messages between one pair of ranks in order when they match the same
+receive; the transport receives with ANY_TAG, so per-pair FIFO holds across tags.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+
+class Tag(enum.IntEnum):
+    """Message types. Requests go to the (believed) owner and may be forwarded."""
+
+    PULL = 1        # origin -> owner: read rows                 -> PULL_REPLY
+    PULL_REPLY = 2  # owner -> origin: rows of pulled keys (pos = request positions)
+    PUSH = 3        # origin -> owner: add rows (deltas)         -> WRITE_ACK
+    SET = 4         # origin -> owner: overwrite rows            -> WRITE_ACK
+    WRITE_ACK = 5   # owner -> origin: these keys were applied
+    LOCALIZE = 6    # requester -> home: move keys to requester (aux = requester)
+    RELOCATE = 7    # home -> current owner: hand keys over to aux
+    TRANSFER = 8    # old owner -> new owner: the rows themselves (req/origin of the localize)
+
+
+REQUESTS = frozenset({Tag.PULL, Tag.PUSH, Tag.SET, Tag.RELOCATE})
+CARRIES_ROWS = frozenset({Tag.PULL_REPLY, Tag.PUSH, Tag.SET, Tag.TRANSFER})
+
+
+class H(enum.IntEnum):
+    """Header fields (int64 each)."""
+
+    TABLE = 0   # table index (sorted table names)
+    REQ = 1     # request id at the origin
+    ORIGIN = 2  # rank waiting for the reply
+    N = 3       # number of keys
+    HOPS = 4    # times this request was forwarded
+    AUX = 5     # tag-specific: new owner for LOCALIZE / RELOCATE
+    SEQ = 6     # reserved
+    SPARE = 7
+
+
+HEADER_WORDS = len(H)
+HEADER_BYTES = 8 * HEADER_WORDS
+
+
+def pack(table: int, req: int, origin: int, keys: np.ndarray, pos: np.ndarray,
+         rows: np.ndarray | None = None, *, hops: int = 0, aux: int = -1) -> np.ndarray:
+    """One message buffer (uint8) from its parts; copies them once."""
+    n = len(keys)
+    header = np.array([table, req, origin, n, hops, aux, 0, 0], np.int64)
+    parts = [header.view(np.uint8), np.ascontiguousarray(keys, np.int64).view(np.uint8),
+             np.ascontiguousarray(pos, np.int64).view(np.uint8)]
+    if rows is not None:
+        parts.append(np.ascontiguousarray(rows, np.float32).reshape(-1).view(np.uint8))
+    return np.concatenate(parts)
+
+
+def unpack(buf: np.ndarray, width: int | None):
+    """Split a received buffer into (header, keys, pos, rows|None); views, no copies."""
+    header = buf[:HEADER_BYTES].view(np.int64)
+    n = int(header[H.N])
+    k0, k1 = HEADER_BYTES, HEADER_BYTES + 8 * n
+    keys = buf[k0:k1].view(np.int64)
+    pos = buf[k1:k1 + 8 * n].view(np.int64)
+    rows = None
+    if width is not None and len(buf) > k1 + 8 * n:
+        rows = buf[k1 + 8 * n:].view(np.float32).reshape(n, width)
+    return header, keys, pos, rows

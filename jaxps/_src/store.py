@@ -1,0 +1,104 @@
+"""Per-rank storage of one table: the rows this rank owns, its home directory, location cache."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .tables import TableSpec, initial_rows
+
+ABSENT = -1    # slot value: this rank neither owns the key nor expects it
+INCOMING = -2  # slot value: this rank asked for the key and waits for its TRANSFER
+
+_INIT_CHUNK = 1 << 16  # keys per chunk when computing initial rows (bounds temporary memory)
+
+
+class RowStore:
+    """Rows owned by this rank, in a growable array with a free list.
+
+    Fields:
+      slot:   int32 [num_keys]   row index in ``values`` of an owned key, else ABSENT/INCOMING.
+              4 bytes per key of directory; the rows themselves exist only for owned keys.
+      values: float32 [capacity, width]  rows; capacity doubles when relocations fill it.
+    """
+
+    def __init__(self, num_keys: int, width: int, capacity: int):
+        self.slot = np.full(num_keys, ABSENT, np.int32)
+        self.values = np.empty((max(capacity, 1), width), np.float32)
+        self._free = np.arange(len(self.values) - 1, -1, -1, dtype=np.int32)  # stack, top at end
+        self._n_free = len(self._free)
+
+    @property
+    def num_owned(self) -> int:
+        return len(self.values) - self._n_free
+
+    def owned_keys(self) -> np.ndarray:
+        """All keys this rank owns (int64, sorted). O(num_keys): not for hot paths."""
+        return np.flatnonzero(self.slot >= 0)
+
+    def insert(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        """Store rows for keys this rank does not hold yet (precondition: keys unique)."""
+        slots = self._allocate(len(keys))
+        self.values[slots] = rows
+        self.slot[keys] = slots
+
+    def remove(self, keys: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """Give up owned keys (with their ``slots``); returns their rows (a copy)."""
+        rows = self.values[slots]
+        self.slot[keys] = ABSENT
+        self._release(slots)
+        return rows
+
+    def add(self, slots: np.ndarray, deltas: np.ndarray) -> None:
+        """values[slots] += deltas. Precondition: slots unique (the server aggregates duplicates)."""
+        self.values[slots] += deltas
+
+    def _allocate(self, n: int) -> np.ndarray:
+        if n > self._n_free:
+            self._grow(n - self._n_free)
+        self._n_free -= n
+        return self._free[self._n_free:self._n_free + n].copy()
+
+    def _release(self, slots: np.ndarray) -> None:
+        n = len(slots)
+        self._free[self._n_free:self._n_free + n] = slots
+        self._n_free += n
+
+    def _grow(self, need: int) -> None:
+        old = len(self.values)
+        new = max(2 * old, old + need)
+        values = np.empty((new, self.values.shape[1]), np.float32)
+        values[:old] = self.values
+        self.values = values
+        free = np.empty(new, np.int32)
+        free[:self._n_free] = self._free[:self._n_free]
+        added = np.arange(new - 1, old - 1, -1, dtype=np.int32)
+        free[self._n_free:self._n_free + len(added)] = added
+        self._free = free
+        self._n_free += len(added)
+
+
+class TableState:
+    """Everything one rank keeps about one table.
+
+    Fields:
+      store:   RowStore of owned rows.
+      owner:   int32 [ceil(num_keys / size)]  for keys whose home is this rank
+               (key k has home k % size, entry k // size): the current owner, always
+               up to date because every relocation is requested through the home.
+      hint:    int32 [num_keys]  location cache: last known owner of each key (or the
+               rank it was handed to). Only a hint: a stale entry costs a forward.
+      queue:   requests for INCOMING keys, kept in arrival order until the rows arrive.
+      pending_writes: this rank's unacknowledged remote writes (for read-your-writes).
+    """
+
+    def __init__(self, name: str, index: int, spec: TableSpec, rank: int, size: int):
+        self.name, self.index, self.spec = name, index, spec
+        home_keys = np.arange(rank, spec.num_keys, size, dtype=np.int64)
+        self.store = RowStore(spec.num_keys, spec.width, capacity=len(home_keys))
+        for start in range(0, len(home_keys), _INIT_CHUNK):
+            chunk = home_keys[start:start + _INIT_CHUNK]
+            self.store.insert(chunk, initial_rows(spec, name, chunk))
+        self.owner = np.full(len(home_keys), rank, np.int32)
+        self.hint = (np.arange(spec.num_keys, dtype=np.int64) % size).astype(np.int32)
+        self.queue: list = []
+        self.pending_writes: list = []

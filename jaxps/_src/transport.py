@@ -1,0 +1,151 @@
+"""The transport thread: the only thread that calls MPI on the PS communicator.
+
+Why one thread: MPICH's blocking calls spin a core, and this machine (and CI) has
+two. The user's threads never block in MPI; they enqueue messages and wait on a
+``threading.Event`` (a futex: no CPU while waiting). The transport thread polls
+``Improbe`` and, when nothing happens, sleeps with exponential backoff (up to
+``MAX_IDLE_SLEEP``), so an idle PS costs ~1% of a core while a busy one answers
+within microseconds. A user thread that enqueues a message wakes it at once.
+
+Any exception in the transport thread ends the whole MPI job (``MPI.Abort``) after
+printing it: a PS with a dead service thread would leave the other ranks hanging.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import traceback
+from typing import Callable
+
+import numpy as np
+from mpi4py import MPI
+
+MIN_IDLE_SLEEP = 20e-6
+MAX_IDLE_SLEEP = 2e-3
+
+
+def abort_job(where: str) -> None:
+    """Print the active exception and bring down every rank of the job."""
+    sys.stderr.write(f"[jaxps rank {MPI.COMM_WORLD.Get_rank()}] fatal error in {where}:\n")
+    traceback.print_exc(file=sys.stderr)
+    sys.stderr.flush()
+    MPI.COMM_WORLD.Abort(1)
+
+
+class Transport:
+    """Sends and receives PS messages on ``comm`` from a background thread.
+
+    Args:
+      comm: the PS's own communicator (a clone, so user messages never collide).
+      handle: ``handle(source, tag, buf)`` called on the transport thread for each
+        received message, in per-source FIFO order; also called for messages a rank
+        sends to itself.
+      stats: dict of counters updated for bytes/messages.
+
+    Thread-safety: ``send`` and ``barrier`` may be called from any thread.
+    """
+
+    def __init__(self, comm: MPI.Comm, handle: Callable[[int, int, np.ndarray], None],
+                 stats: dict):
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self._handle = handle
+        self._stats = stats
+        self._outbox: collections.deque = collections.deque()   # (dest, tag, buf)
+        self._inflight: list[tuple[MPI.Request, np.ndarray]] = []
+        self._collectives: collections.deque = collections.deque()  # (start_fn, event)
+        self._active: list[tuple[MPI.Request, threading.Event]] = []
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="jaxps-transport", daemon=True)
+        self._thread.start()
+
+    def send(self, dest: int, tag: int, buf: np.ndarray) -> None:
+        """Queue one message; the buffer must not be modified afterwards."""
+        self._outbox.append((dest, tag, buf))
+        self._wake.set()
+
+    def barrier(self) -> threading.Event:
+        """Start a non-blocking barrier on the transport thread; returns its completion event.
+
+        The transport keeps serving requests while the barrier is pending, which a
+        blocking MPI_Barrier in the user's thread would not guarantee.
+        """
+        done = threading.Event()
+        self._collectives.append((self.comm.Ibarrier, done))
+        self._wake.set()
+        return done
+
+    def close(self) -> None:
+        """Stop the thread after flushing queued sends. Precondition: no more traffic expected."""
+        self._stop = True
+        self._wake.set()
+        self._thread.join()
+        if self._inflight:
+            MPI.Request.Waitall([r for r, _ in self._inflight])
+            self._inflight.clear()
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:  # noqa: BLE001 -- any failure here must end the job
+            abort_job("the jaxps transport thread")
+
+    def _loop(self) -> None:
+        status = MPI.Status()
+        sleep = MIN_IDLE_SLEEP
+        while True:
+            progressed = self._flush_outbox()
+            while (msg := self.comm.improbe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)) is not None:
+                buf = np.empty(status.Get_count(MPI.BYTE), np.uint8)
+                msg.Recv([buf, MPI.BYTE])
+                self._stats["bytes_received"] += len(buf)
+                self._stats["messages_received"] += 1
+                self._handle(status.Get_source(), status.Get_tag(), buf)
+                progressed = True
+            progressed |= self._progress_collectives()
+            if self._inflight:
+                done = MPI.Request.Testsome([r for r, _ in self._inflight])
+                if done:
+                    keep = set(range(len(self._inflight))) - set(done)
+                    self._inflight = [self._inflight[i] for i in sorted(keep)]
+            if self._stop and not self._outbox:
+                return
+            if progressed:
+                sleep = MIN_IDLE_SLEEP
+                continue
+            self._wake.wait(sleep)
+            self._wake.clear()
+            sleep = min(2 * sleep, MAX_IDLE_SLEEP)
+
+    def _flush_outbox(self) -> bool:
+        progressed = False
+        while self._outbox:
+            dest, tag, buf = self._outbox.popleft()
+            progressed = True
+            if dest == self.rank:
+                self._handle(dest, tag, buf)
+                continue
+            req = self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=tag)
+            self._inflight.append((req, buf))
+            self._stats["bytes_sent"] += len(buf)
+            self._stats["messages_sent"] += 1
+        return progressed
+
+    def _progress_collectives(self) -> bool:
+        progressed = False
+        while self._collectives:
+            start, done = self._collectives.popleft()
+            self._active.append((start(), done))
+            progressed = True
+        still = []
+        for req, done in self._active:
+            if req.Test():
+                done.set()
+                progressed = True
+            else:
+                still.append((req, done))
+        self._active = still
+        return progressed
