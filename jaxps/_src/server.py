@@ -79,6 +79,7 @@ class ParameterServer:
                 _install_abort_hooks()
             self._abort_on_error = abort_on_error
             self._engine.transport = Transport(self._comm, self._engine.on_message, self._stats)
+            self._engine.transport.start()
         else:
             self._abort_on_error = False
 

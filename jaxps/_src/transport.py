@@ -60,6 +60,9 @@ class Transport:
         self._wake = threading.Event()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="jaxps-transport", daemon=True)
+
+    def start(self) -> None:
+        """Start serving. Call once the handler can take messages."""
         self._thread.start()
 
     def send(self, dest: int, tag: int, buf: np.ndarray) -> None:
