@@ -3,9 +3,9 @@
 Why one thread: MPICH's blocking calls spin a core, and this machine (and CI) has
 two. The user's threads never block in MPI; they enqueue messages and wait on a
 ``threading.Event`` (a futex: no CPU while waiting). The transport thread polls
-``Improbe`` and, when nothing happens, sleeps with exponential backoff (up to
-``MAX_IDLE_SLEEP``), so an idle PS costs ~1% of a core while a busy one answers
-within microseconds. A user thread that enqueues a message wakes it at once.
+``Improbe`` and, when nothing happens, sleeps with exponential backoff, capped at
+``BUSY_MAX_SLEEP`` while messages flowed recently and at ``MAX_IDLE_SLEEP`` after a
+quiet spell: an idle PS costs ~1-2% of a core, a busy one answers within ~0.2 ms. A user thread that enqueues a message wakes it at once.
 
 Any exception in the transport thread ends the whole MPI job (``MPI.Abort``) after
 printing it: a PS with a dead service thread would leave the other ranks hanging.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import sys
 import threading
+import time
 import traceback
 from typing import Callable
 
@@ -23,7 +24,9 @@ import numpy as np
 from mpi4py import MPI
 
 MIN_IDLE_SLEEP = 20e-6
-MAX_IDLE_SLEEP = 2e-3
+BUSY_MAX_SLEEP = 2e-4   # cap while traffic is recent: replies are noticed within ~0.2 ms
+MAX_IDLE_SLEEP = 5e-3   # cap once quiet for QUIET_AFTER seconds: ~1% of a core
+QUIET_AFTER = 0.25
 
 
 def abort_job(where: str) -> None:
@@ -99,6 +102,7 @@ class Transport:
     def _loop(self) -> None:
         status = MPI.Status()
         sleep = MIN_IDLE_SLEEP
+        last_traffic = time.monotonic()
         while True:
             progressed = self._flush_outbox()
             while (msg := self.comm.improbe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)) is not None:
@@ -118,10 +122,12 @@ class Transport:
                 return
             if progressed:
                 sleep = MIN_IDLE_SLEEP
+                last_traffic = time.monotonic()
                 continue
             self._wake.wait(sleep)
             self._wake.clear()
-            sleep = min(2 * sleep, MAX_IDLE_SLEEP)
+            quiet = time.monotonic() - last_traffic > QUIET_AFTER
+            sleep = min(2 * sleep, MAX_IDLE_SLEEP if quiet else BUSY_MAX_SLEEP)
 
     def _flush_outbox(self) -> bool:
         progressed = False

@@ -1,0 +1,225 @@
+"""Exact filtered entity ranking (train/kge/evaluate.py): hand-made ranks, a brute-force
+oracle, chunked streaming, and bitwise equality on 1, 2 and 3 MPI ranks.
+
+`python tests/test_kge_evaluate.py` times an FB15k-237-sized evaluation instead.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mpi_eval_check as check  # tests/ is on sys.path, as for conftest
+from conftest import mpirun
+from train.kge.evaluate import build_filter, count_unseen, evaluate
+
+_CHECK_SCRIPT = Path(check.__file__).resolve()
+
+# Hand-made scores: score(s, 0, o) = TABLE[s, o]. Rows of entities and relations hold their id,
+# and the scorers look the table up, so every score below is exactly what the test says.
+nan = float("nan")
+TABLE = np.array(
+    [  # o:  0    1    2    3    4    5
+        [5.0, 3.0, 7.0, 3.0, 3.0, 9.0],  # s = 0
+        [0.0, 2.0, 0.0, 0.0, 0.0, 0.0],  # s = 1
+        [1.0, 3.0, 1.0, 1.0, 1.0, 1.0],  # s = 2
+        [0.0, 8.0, 0.0, 0.0, 0.0, 0.0],  # s = 3
+        [0.0, nan, 0.0, 0.0, nan, 0.0],  # s = 4
+        [0.0, 1.0, 0.0, 0.0, 2.0, 0.0],  # s = 5
+    ],
+    np.float32,
+)
+TRAIN = np.array([[0, 0, 5], [3, 0, 1]])
+TEST = np.array([[0, 0, 1], [2, 0, 4], [4, 0, 1]])
+# Filtered (?, 0, 1): {0, 3, 4}; (0, 0, ?): {1, 5}; (2, 0, ?): {4}; (?, 0, 4): {2}; (4, 0, ?): {1}.
+# Rank = higher + (ties + 1) // 2 + 1, counting unfiltered candidates other than the answer.
+EXPECTED_TAIL = [
+    4,  # (0,0,?) answer 1 (3): o=0 (5), o=2 (7) higher; o=3, o=4 tie; o=5 (9) filtered
+    4,  # (2,0,?) answer 4 (1): o=1 (3) higher; o=0, 2, 3, 5 tie: 1 + 5 // 2 + 1
+    6,  # (4,0,?) answer 1 (NaN = -inf): o=0, 2, 3, 5 higher; o=4 (NaN) ties: 4 + 1 + 1
+]
+EXPECTED_HEAD = [
+    2,  # (?,0,1) answer 0 (3): s=2 (3) ties; s=3 (8) filtered; s=4 filtered; s=1, 5 lower
+    3,  # (?,0,4) answer 2 (1): s=0 (3), s=5 (2) higher; s=4 (NaN) lowest; no ties
+    4,  # (?,0,1) answer 4 (NaN): s=1, 2, 5 higher; s=0, 3 filtered although higher
+]
+
+
+def table_sp_(s, p, o_all):
+    return jnp.asarray(TABLE)[s[:, :1].astype(int), o_all[:, 0].astype(int)[None, :]]
+
+
+def table__po(s_all, p, o):
+    return jnp.asarray(TABLE)[s_all[:, 0].astype(int)[None, :], o[:, :1].astype(int)]
+
+
+def evaluate_table(*, batch_size=2, chunk_size=4, **kwargs):
+    ids = np.arange(6, dtype=np.float32)[:, None]
+    kwargs.setdefault("filter_index", build_filter(TRAIN, TEST, num_entities=6, num_relations=1))
+    return evaluate(
+        TEST,
+        entity_rows=lambda start, stop: ids[start:stop],
+        relation_rows=lambda p: np.zeros((len(p), 1), np.float32),
+        score_sp_=table_sp_, score__po=table__po,
+        batch_size=batch_size, chunk_size=chunk_size, return_ranks=True, **kwargs,
+    )
+
+
+def test_hand_made_ranks_ties_filter_and_nan():
+    result = evaluate_table()
+    assert result["per_triple_ranks"]["tail"].tolist() == EXPECTED_TAIL
+    assert result["per_triple_ranks"]["head"].tolist() == EXPECTED_HEAD
+    assert result["num_triples"] == 3
+    assert result["tail"]["mrr"] == pytest.approx((1 / 4 + 1 / 4 + 1 / 6) / 3)
+    assert result["head"]["mr"] == 3.0
+    assert result["head"]["hits@3"] == pytest.approx(2 / 3)
+    both = np.array(EXPECTED_HEAD + EXPECTED_TAIL)
+    assert result["mrr"] == pytest.approx(np.mean(1.0 / both))
+    assert result["mr"] == both.mean()
+    assert (result["hits@1"], result["hits@3"], result["hits@10"]) == (0.0, 2 / 6, 1.0)
+
+
+@pytest.mark.parametrize("batch_size,chunk_size", [(1, 1), (2, 4), (3, 5), (5, 6), (8, 64)])
+def test_table_ranks_do_not_depend_on_batching_or_chunking(batch_size, chunk_size):
+    result = evaluate_table(batch_size=batch_size, chunk_size=chunk_size)
+    assert result["per_triple_ranks"]["tail"].tolist() == EXPECTED_TAIL
+    assert result["per_triple_ranks"]["head"].tolist() == EXPECTED_HEAD
+
+
+def brute_force_ranks(problem: dict) -> tuple[list[int], list[int]]:
+    """One query at a time, from the definition: sets for the filter, float64 scores."""
+    e, r = problem["entities"].astype(np.float64), problem["relations"].astype(np.float64)
+    known = set(map(tuple, problem["known"].tolist()))
+    head, tail = [], []
+    for s, p, o in problem["test"].tolist():
+        for scores, answer, out, is_known in [
+            (e @ (e[s] * r[p]), o, tail, lambda c: (s, p, c) in known),
+            (e @ (r[p] * e[o]), s, head, lambda c: (c, p, o) in known),
+        ]:
+            others = [c for c in range(len(e)) if c != answer and not is_known(c)]
+            higher = sum(scores[c] > scores[answer] for c in others)
+            ties = sum(scores[c] == scores[answer] for c in others)
+            out.append(int(higher + (ties + 1) // 2 + 1))
+    return head, tail
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    num_entities=st.integers(1, 30),
+    num_relations=st.integers(1, 3),
+    batch_size=st.sampled_from([1, 3, 8]),
+    chunk_size=st.sampled_from([1, 7, 64]),
+)
+def test_matches_brute_force(seed, num_entities, num_relations, batch_size, chunk_size):
+    problem = check.make_problem(
+        seed, num_entities=num_entities, num_relations=num_relations, num_known=60, num_test=13
+    )
+    result = check.evaluate_problem(problem, batch_size=batch_size, chunk_size=chunk_size)
+    head, tail = brute_force_ranks(problem)
+    assert result["per_triple_ranks"]["head"].tolist() == head
+    assert result["per_triple_ranks"]["tail"].tolist() == tail
+    assert result["mrr"] == np.mean(1.0 / np.array(head + tail))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 36, 37, 1000])
+def test_chunked_streaming_equals_unchunked(chunk_size):
+    problem = check.make_problem(3)  # 37 entities: 5 and 36 do not divide it
+    whole = check.evaluate_problem(problem, batch_size=8, chunk_size=37)
+    chunked = check.evaluate_problem(problem, batch_size=8, chunk_size=chunk_size)
+    assert check.to_json(chunked) == check.to_json(whole)
+
+
+@pytest.mark.skipif(
+    any(v in os.environ for v in ("PMI_RANK", "OMPI_COMM_WORLD_RANK")),
+    reason="launches its own mpiexec; not from inside an MPI job",
+)
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_multi_rank_result_is_bitwise_equal(ranks):
+    proc = mpirun(ranks, [str(_CHECK_SCRIPT), "--seed", "11"], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    distributed = json.loads(proc.stdout.strip().splitlines()[-1])
+    local = json.loads(check.to_json(check.evaluate_problem(check.make_problem(11))))
+    assert distributed == local
+
+
+def test_filter_must_contain_evaluated_triples():
+    with pytest.raises(ValueError, match=r"triples\[1\] = \[2, 0, 4\] is not in filter_index"):
+        evaluate_table(filter_index=build_filter(TRAIN, TEST[[0, 2]], num_entities=6,
+                                                 num_relations=1))
+
+
+def test_input_errors_say_how_to_fix():
+    index = build_filter(TRAIN, TEST, num_entities=6, num_relations=1)
+    with pytest.raises(ValueError, match=r"triples\[0\] = \[0, 1, 1\] is out of range"):
+        evaluate(np.array([[0, 1, 1]]), filter_index=index, entity_rows=None,
+                 relation_rows=None, score_sp_=None, score__po=None)
+    with pytest.raises(ValueError, match=r"entity_rows\(0, 4\) must return \[4, We\]"):
+        evaluate(TEST, filter_index=index, entity_rows=lambda a, b: np.zeros((1, 1)),
+                 relation_rows=None, score_sp_=table_sp_, score__po=table__po, chunk_size=4)
+    with pytest.raises(ValueError, match="integer array"):
+        build_filter(np.zeros((2, 3)), num_entities=6, num_relations=1)
+
+
+def test_filter_index_matches_sets():
+    rng = np.random.default_rng(5)
+    known = np.stack([rng.integers(0, 50, 3000), rng.integers(0, 7, 3000),
+                      rng.integers(0, 50, 3000)], axis=1)
+    index = build_filter(known[:2000], known[1500:], num_entities=50, num_relations=7)
+    triples = set(map(tuple, known.tolist()))
+    for g, key in enumerate(index.sp.keys.tolist()):
+        s, p = divmod(key, 7)
+        objects = index.sp.values[index.sp.indptr[g] : index.sp.indptr[g + 1]].tolist()
+        assert objects == sorted({o for (s2, p2, o) in triples if (s2, p2) == (s, p)})
+    assert index.sp.indptr[-1] == index.po.indptr[-1] == len(triples)
+
+
+def test_count_unseen():
+    train = np.array([[0, 0, 1], [1, 0, 2]])
+    test = np.array([[0, 0, 2], [3, 0, 1], [2, 0, 4], [5, 0, 6]])
+    assert count_unseen(test, train) == 3
+
+
+def _benchmark() -> None:
+    """FB15k-237-sized: 14,541 entities, 237 relations, 310,116 known, 20,466 test triples;
+    ComplEx with dim 256 (128 complex numbers) and random embeddings."""
+    num_e, num_r, dim = 14_541, 237, 256
+    rng = np.random.default_rng(0)
+    known = np.stack([rng.integers(0, num_e, 310_116), rng.integers(0, num_r, 310_116),
+                      rng.integers(0, num_e, 310_116)], axis=1)
+    test = known[-20_466:]
+    entities = rng.normal(size=(num_e, dim)).astype(np.float32)
+    relations = rng.normal(size=(num_r, dim)).astype(np.float32)
+    half = dim // 2
+
+    def complex_sp_(s, p, o_all):  # Re(<s, p, conj(o)>) as one matmul
+        sr, si, pr, pi = s[:, :half], s[:, half:], p[:, :half], p[:, half:]
+        return jnp.concatenate([sr * pr - si * pi, sr * pi + si * pr], axis=1) @ o_all.T
+
+    def complex__po(s_all, p, o):
+        pr, pi, or_, oi = p[:, :half], p[:, half:], o[:, :half], o[:, half:]
+        return jnp.concatenate([pr * or_ + pi * oi, pr * oi - pi * or_], axis=1) @ s_all.T
+
+    t0 = time.perf_counter()
+    index = build_filter(known, num_entities=num_e, num_relations=num_r)
+    t1 = time.perf_counter()
+    for batch_size, chunk_size in [(512, 4096), (1024, 14_541)]:
+        t2, cpu = time.perf_counter(), time.process_time()
+        result = evaluate(
+            test, filter_index=index, entity_rows=lambda a, b: entities[a:b],
+            relation_rows=lambda ids: relations[ids], score_sp_=complex_sp_,
+            score__po=complex__po, batch_size=batch_size, chunk_size=chunk_size,
+        )
+        t3, cpu = time.perf_counter(), time.process_time() - cpu
+        print(f"build_filter {t1 - t0:.2f} s; evaluate (B={batch_size}, C={chunk_size}) "
+              f"{t3 - t2:.2f} s wall, {cpu:.2f} s CPU (incl. compile); mrr {result['mrr']:.5f}")
+
+
+if __name__ == "__main__":
+    _benchmark()

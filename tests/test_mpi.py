@@ -1,0 +1,48 @@
+"""Multi-rank runs: the mpi_suite under mpiexec with 2-4 ranks, the abort path, idle CPU.
+
+Each launch has a hard timeout, so a deadlock fails the test instead of hanging CI.
+"""
+
+import re
+
+import pytest
+
+from tests.conftest import mpirun
+
+
+@pytest.mark.parametrize("ranks", [2, 3, 4])
+def test_suite_under_mpiexec(ranks):
+    """The whole mpi_suite (every technique) under mpiexec -n ranks."""
+    res = mpirun(ranks, ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+                         "tests/mpi_suite"], timeout=240)
+    tail = (res.stdout + res.stderr)[-4000:]
+    assert res.returncode == 0, f"mpiexec -n {ranks} pytest tests/mpi_suite failed:\n{tail}"
+    assert "passed" in res.stdout and "failed" not in res.stdout, tail
+
+
+def test_uncaught_error_on_one_rank_ends_the_job():
+    """Rank 1 raises while rank 0 waits for it in a pull: the job ends within seconds,
+    non-zero, with rank 1's error message shown."""
+    res = mpirun(3, ["tests/mpi_programs/abort_one_rank.py"], timeout=60)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out[-3000:]
+    assert "deliberate failure on rank 1" in out, out[-3000:]
+    assert "finished normally" not in out
+
+
+def test_error_outside_the_ps_block_ends_the_job():
+    """An uncaught exception after the PS exists (excepthook) aborts all ranks too."""
+    res = mpirun(2, ["tests/mpi_programs/abort_one_rank.py", "--outside"], timeout=60)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out[-3000:]
+    assert "deliberate failure on rank 1" in out
+
+
+def test_idle_ps_uses_little_cpu():
+    """An idle 2-rank PS: each rank's process uses < 5% of a core."""
+    res = mpirun(2, ["tests/mpi_programs/idle_cpu.py", "3.0"], timeout=60)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    shares = [float(x) for x in re.findall(r"idle cpu share ([0-9.]+)", out)]
+    assert len(shares) == 2, out[-3000:]
+    assert max(shares) < 0.05, f"idle CPU shares per rank: {shares}"

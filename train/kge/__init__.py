@@ -1,0 +1,1 @@
+"""Knowledge-graph-embedding training and evaluation jobs (LibKGE-style protocols)."""
