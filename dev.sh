@@ -21,9 +21,15 @@ pick_python() {
 setup() {
     # Re-install only when pyproject.toml changed since the last successful install.
     if [ ! -x .venv/bin/python ] || [ pyproject.toml -nt .venv/.installed ]; then
-        "$(pick_python)" -m venv .venv
-        .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-        .venv/bin/python -m pip install -q -e '.[dev]'
+        echo "dev.sh: installing into .venv (first run takes about a minute; log: .venv/setup.log)"
+        local py; py="$(pick_python)"
+        "$py" -m venv .venv
+        if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+               .venv/bin/python -m pip install -q -e '.[dev]'; } > .venv/setup.log 2>&1; then
+            tail -n 40 .venv/setup.log >&2
+            echo "dev.sh: installation failed (full log: .venv/setup.log)" >&2
+            exit 1
+        fi
         touch .venv/.installed
     fi
 }
