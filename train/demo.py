@@ -1,7 +1,9 @@
-"""PS demo: a skewed access trace replayed on every rank, once per technique.
+"""PS demo and technique benchmark: a skewed access trace replayed on every rank,
+once per technique.
 
 Usage (the README's main job until KGE training lands):
     mpiexec -n 2 python -m train.demo [--clocks 200] [--keys 100000] [--dim 64]
+    mpiexec -n 4 python -m train.demo --techniques all     # the issue-3 benchmark
 
 Each rank walks through ``--clocks`` batches. A batch touches a few keys of a shared
 Zipf-skewed set plus a rank-private block; the rank declares its intent for batch t+1
@@ -37,6 +39,12 @@ def run(technique: str, args, comm) -> dict:
     rank, size = comm.rank, comm.size
     spec = jaxps.TableSpec(args.keys, args.dim, init="zeros")
     trace = list(batches(rank, size, args, np.random.default_rng([args.seed, rank])))
+    counts = np.zeros(args.keys, np.int64)
+    for keys in trace:
+        np.add.at(counts, keys, 1)
+    total = comm.allreduce(counts)
+    if technique == "nups":  # NuPS needs its hot set: the most accessed keys of the trace
+        technique = jaxps.Nups(access_counts={"emb": total}, hot_fraction=args.hot_fraction)
     with jaxps.ParameterServer({"emb": spec}, technique=technique, comm=comm) as ps:
         ps.barrier()
         t0 = time.perf_counter()
@@ -47,19 +55,22 @@ def run(technique: str, args, comm) -> dict:
             time.sleep(args.step_ms / 1e3)
             ps.push_async("emb", keys, np.ones((len(keys), args.dim), np.float32))
             ps.advance_clock()
-        ps.barrier()
         wall = time.perf_counter() - t0
         stats = ps.stats()
-        counts = np.zeros(args.keys, np.int64)
-        for keys in trace:
-            np.add.at(counts, keys, 1)
-        total = comm.allreduce(counts)
+        ps.wait_sync()
         mine = np.arange(rank, args.keys, size)
         lost = int(np.count_nonzero(ps.pull("emb", mine)[:, 0] != total[mine]))
-    return dict(local=stats["local_fraction"], blocked=stats["wait_seconds"] / wall,
-                mb_per_clock=stats["bytes_sent"] / 1e6 / args.clocks,
-                relocations_per_clock=stats["relocations"] / args.clocks,
-                lost=comm.allreduce(lost), wall=wall)
+    per_rank = comm.gather(dict(
+        local=stats["local_fraction"], blocked=stats["wait_seconds"] / wall,
+        mb_per_clock=stats["bytes_sent"] / 1e6 / args.clocks,
+        relocations_per_clock=stats["relocations"] / args.clocks,
+        replicas_per_clock=stats["replicas_created"] / args.clocks,
+        replicas_held=stats["replicas"], wall=wall))
+    lost = comm.allreduce(lost)
+    if rank != 0:
+        return {}
+    mean = {k: float(np.mean([r[k] for r in per_rank])) for k in per_rank[0]}
+    return dict(mean, local=min(r["local"] for r in per_rank), lost=lost)
 
 
 def main(argv=None) -> None:
@@ -70,18 +81,23 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=512, help="key accesses per batch")
     p.add_argument("--step-ms", type=float, default=10.0, help="simulated compute per batch")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--techniques", default="classic,relocation")
+    p.add_argument("--hot-fraction", type=float, default=0.01,
+                   help="nups: share of keys (the most accessed) replicated everywhere")
+    p.add_argument("--techniques", default="classic,relocation,adaptive",
+                   help="comma-separated, or 'all' for " + ",".join(jaxps.TECHNIQUES))
     args = p.parse_args(argv)
+    names = jaxps.TECHNIQUES if args.techniques == "all" else args.techniques.split(",")
     comm = MPI.COMM_WORLD
-    rows = [(t, run(t, args, comm)) for t in args.techniques.split(",")]
+    rows = [(t, run(t, args, comm)) for t in names]
     if comm.rank == 0:
         print(f"{comm.size} ranks, {args.clocks} clocks, {args.batch} keys/batch, "
-              f"{args.step_ms:g} ms step (rank 0's view)")
+              f"{args.step_ms:g} ms step; means over ranks (local: the lowest rank)")
         print(f"{'technique':12s} {'local':>7s} {'blocked':>8s} {'MB/clock':>9s} "
-              f"{'reloc/clock':>11s} {'lost':>5s} {'wall s':>7s}")
+              f"{'reloc/clock':>11s} {'repl/clock':>10s} {'held':>7s} {'lost':>5s} {'wall s':>7s}")
         for name, r in rows:
-            print(f"{name:12s} {r['local']:7.1%} {r['blocked']:8.1%} {r['mb_per_clock']:9.3f} "
-                  f"{r['relocations_per_clock']:11.1f} {r['lost']:5d} {r['wall']:7.2f}")
+            print(f"{name:12s} {r['local']:7.2%} {r['blocked']:8.1%} {r['mb_per_clock']:9.3f} "
+                  f"{r['relocations_per_clock']:11.1f} {r['replicas_per_clock']:10.1f} "
+                  f"{r['replicas_held']:7.0f} {r['lost']:5d} {r['wall']:7.2f}")
         if any(r["lost"] for _, r in rows):
             raise SystemExit("lost updates detected")
 

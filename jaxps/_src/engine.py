@@ -30,9 +30,11 @@ from . import protocol
 from .errors import ProtocolError
 from .handles import Handle
 from .protocol import H, Tag
-from .store import INCOMING, TableState
+from .replication import ReplicaProtocol
+from .store import ABSENT, INCOMING, PENDING, TableState
 
 MAX_HOPS = 4
+USER_TAGS = frozenset({Tag.PULL, Tag.PUSH, Tag.SET})  # requests a rank's own replicas serve
 
 
 @dataclasses.dataclass
@@ -54,8 +56,12 @@ class Msg:
                                    rows=None if self.rows is None else self.rows[mask])
 
 
-class Engine:
-    """Per-rank protocol state machine. Used by ParameterServer; not public."""
+class Engine(ReplicaProtocol):
+    """Per-rank protocol state machine. Used by ParameterServer; not public.
+
+    Replica handling (sync, intents, replica creation and dropping) lives in
+    ``ReplicaProtocol``; this class routes requests and relocates keys.
+    """
 
     def __init__(self, tables: list[TableState], rank: int, size: int, stats: dict):
         self.tables = tables
@@ -64,6 +70,7 @@ class Engine:
         self.lock = threading.RLock()
         self.handles: dict[int, Handle] = {}
         self._next_req = 0
+        self.clock = 0         # this rank's clock (owner-side intent decisions read it)
         self.transport = None  # set by the server when size > 1
 
     # ----- handles -----------------------------------------------------------------
@@ -134,12 +141,20 @@ class Engine:
                 self._on_localize(m)
             elif m.tag is Tag.TRANSFER:
                 self._on_transfer(m)
+            elif m.tag is Tag.SYNC_REPLY:
+                self.on_sync_reply(m)
+            elif m.tag is Tag.REPLICA:
+                self.on_replica(m)
             else:
                 raise ProtocolError(f"rank {self.rank}: unexpected tag {m.tag!r}")
 
     # ----- serving requests ----------------------------------------------------------
     def serve(self, m: Msg) -> None:
-        """Apply owned keys, queue INCOMING ones, forward the rest (lock held)."""
+        """Apply owned keys, use own replicas, queue keys in transfer, forward the rest.
+
+        Precondition: lock held. A rank's replicas serve only its own reads and writes;
+        requests from other ranks always go to the owner.
+        """
         t = m.table
         slots = t.store.slot[m.keys]
         own = slots >= 0
@@ -148,10 +163,22 @@ class Engine:
             return
         if own.any():
             self._apply(m.subset(own), slots[own])
-        incoming = slots == INCOMING
-        if incoming.any():
-            t.queue.append(m.subset(incoming))
-        rest = ~(own | incoming)
+        wait = slots == INCOMING
+        if t.replicas is not None:
+            rslots = t.replicas.slot[m.keys]
+            if m.origin == self.rank and m.tag in USER_TAGS:
+                ready = ~own & (rslots >= 0)
+                if ready.any():
+                    self.apply_replica(m.subset(ready), rslots[ready])
+                    own |= ready
+                    wait &= ~ready
+            # A PENDING key may be on its way here (the owner chose to move it); the
+            # rank's own INTENT for it must travel, of course.
+            if not (m.tag is Tag.INTENT and m.origin == self.rank):
+                wait |= ~own & (rslots == PENDING)
+        if wait.any():
+            t.queue.append(m.subset(wait))
+        rest = ~(own | wait)
         if rest.any():
             if m.tag is Tag.RELOCATE:
                 raise ProtocolError(f"rank {self.rank}: asked to relocate key "
@@ -170,10 +197,17 @@ class Engine:
             store.values[slots] = m.rows
             self.send(m.origin, dataclasses.replace(m, rows=None, hops=0), Tag.WRITE_ACK)
         elif m.tag is Tag.RELOCATE:
+            t = m.table
             rows = store.remove(m.keys, slots)
-            m.table.hint[m.keys] = m.aux
+            holders = t.holders[m.keys].astype(np.int64)
+            t.holders[m.keys] = 0
+            t.promised[m.keys] = -1
+            t.hint[m.keys] = m.aux
             self.stats["relocations_out"] += len(m.keys)
-            self.send(m.aux, dataclasses.replace(m, rows=rows, hops=0), Tag.TRANSFER)
+            self.send(m.aux, dataclasses.replace(m, rows=rows, pos=holders, hops=0),
+                      Tag.TRANSFER)
+        else:
+            self.apply_owner(m, slots)
 
     def _forward(self, m: Msg) -> None:
         t = m.table
@@ -199,11 +233,21 @@ class Engine:
             t.hint[keys] = source
 
     # ----- relocation ----------------------------------------------------------------
-    def localize(self, t: TableState, keys: np.ndarray) -> Handle:
-        """Ask for ``keys`` (unique) to move here; returns a handle (lock held)."""
+    def localize(self, t: TableState, keys: np.ndarray, h: Handle | None = None) -> Handle:
+        """Ask for ``keys`` (unique) to move here (lock held).
+
+        Returns a handle answered once per key as its rows arrive; keys already here or
+        on their way are answered at once. ``h``: answer this handle instead of a new one.
+        """
         slots = t.store.slot[keys]
-        need = keys[slots == -1]
-        h = self.new_handle("localize", t, len(need))
+        absent = slots == ABSENT
+        if t.replicas is not None:  # PENDING keys are being decided (replica or move)
+            absent &= t.replicas.slot[keys] != PENDING
+        need = keys[absent]
+        if h is None:
+            h = self.new_handle("localize", t, len(need))
+        elif len(need) < len(keys):
+            self._answer(h.id, len(keys) - len(need))
         if len(need):
             t.store.slot[need] = INCOMING
             m = Msg(Tag.LOCALIZE, t, h.id, self.rank, need, np.zeros(len(need), np.int64),
@@ -226,19 +270,26 @@ class Engine:
     def _on_transfer(self, m: Msg) -> None:
         """At the new owner: install rows, complete the localize, apply queued requests."""
         t = m.table
-        if (t.store.slot[m.keys] != INCOMING).any():
-            raise ProtocolError(f"rank {self.rank}: unexpected transfer of {t.name!r} keys")
-        t.store.insert(m.keys, m.rows)
+        expected = t.store.slot[m.keys] == INCOMING
+        if t.replicas is not None:  # moved here after an INTENT
+            expected |= t.replicas.slot[m.keys] == PENDING
+        if not expected.all():
+            raise ProtocolError(f"rank {self.rank}: unexpected transfer of {t.name!r} key "
+                                f"{m.keys[~expected][0]}")
+        rows, holders = self.merge_own_replicas(t, m.keys, m.rows, m.pos)
+        t.store.insert(m.keys, rows)
+        t.holders[m.keys] = holders
         t.hint[m.keys] = self.rank
         self.stats["relocations"] += len(m.keys)
         self._answer(m.req, len(m.keys))
-        self._drain(t, m.keys)
+        self.drain(t, m.keys)
 
-    def _drain(self, t: TableState, arrived: np.ndarray) -> None:
+    def drain(self, t: TableState, arrived: np.ndarray) -> None:
         """Re-serve queued requests that touch ``arrived`` keys, keeping queue order.
 
-        A queued request that still has INCOMING keys keeps its place, so two requests
-        for the same key are always applied in the order they arrived.
+        A queued request that still has keys in transfer (or own requests for keys whose
+        replica is pending) keeps its place, so two requests for the same key are always
+        applied in the order they arrived.
         """
         queue, t.queue = t.queue, []
         for q in queue:
@@ -246,10 +297,14 @@ class Engine:
                 t.queue.append(q)
                 continue
             slots = t.store.slot[q.keys]
-            still = slots == INCOMING
-            ready = ~still
-            if still.any():
-                t.queue.append(q.subset(still))
-            if ready.any():
-                # Owned now (applied), or already handed on by a queued relocate (forwarded).
-                self.serve(q.subset(ready))
+            waiting = slots == INCOMING
+            if t.replicas is not None:
+                rslots = t.replicas.slot[q.keys]
+                if q.origin == self.rank and q.tag in USER_TAGS:
+                    waiting &= rslots < 0  # a ready replica serves it
+                waiting |= (rslots == PENDING) & (slots < 0)
+            if waiting.any():
+                t.queue.append(q.subset(waiting))
+            if not waiting.all():
+                # Owned or replicated now (applied), or already handed on (forwarded).
+                self.serve(q.subset(~waiting))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
@@ -15,7 +16,8 @@ class Handle:
     transport thread; ``done()`` may be called from any thread.
     """
 
-    __slots__ = ("id", "kind", "table", "keys", "remaining", "result", "_event")
+    __slots__ = ("id", "kind", "table", "keys", "remaining", "result", "_event", "started",
+                 "t_start", "t_done")
 
     def __init__(self, req_id: int, kind: str, table: str, remaining: int,
                  result: np.ndarray | None = None, keys: np.ndarray | None = None):
@@ -25,6 +27,9 @@ class Handle:
         self.keys = keys            # for writes: the keys in flight (read-your-writes fences)
         self.remaining = remaining  # keys not yet answered
         self.result = result
+        self.started = 0          # clock at which the operation started (sync rounds)
+        self.t_start = time.perf_counter()
+        self.t_done = self.t_start if remaining == 0 else None
         self._event = threading.Event()
         if remaining == 0:
             self._event.set()
@@ -37,6 +42,7 @@ class Handle:
         """Count n answered keys; returns True when the operation completed."""
         self.remaining -= n
         if self.remaining <= 0:
+            self.t_done = time.perf_counter()
             self._event.set()
             return True
         return False

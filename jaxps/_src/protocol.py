@@ -28,11 +28,20 @@ class Tag(enum.IntEnum):
     WRITE_ACK = 5   # owner -> origin: these keys were applied
     LOCALIZE = 6    # requester -> home: move keys to requester (aux = requester)
     RELOCATE = 7    # home -> current owner: hand keys over to aux
-    TRANSFER = 8    # old owner -> new owner: the rows themselves (req/origin of the localize)
+    TRANSFER = 8    # old owner -> new owner: the rows (req/origin of the localize);
+                    #   pos = replica holder count of each key (adaptive bookkeeping)
+    SYNC = 9        # replica -> owner: add delta rows, answer fresh rows  -> SYNC_REPLY
+    SYNC_REPLY = 10 # owner -> replica: fresh rows
+    INTENT = 11     # rank -> owner: will use these keys soon -> REPLICA, or LOCALIZE to
+                    #   the home on the rank's behalf (aux = rank) and later a TRANSFER
+    REPLICA = 12    # owner -> rank: rows for a new replica (others use the keys too)
+    DROP = 14       # replica -> owner: residual delta of a dropped replica -> WRITE_ACK
 
 
-REQUESTS = frozenset({Tag.PULL, Tag.PUSH, Tag.SET, Tag.RELOCATE})
-CARRIES_ROWS = frozenset({Tag.PULL_REPLY, Tag.PUSH, Tag.SET, Tag.TRANSFER})
+REQUESTS = frozenset({Tag.PULL, Tag.PUSH, Tag.SET, Tag.RELOCATE, Tag.SYNC, Tag.INTENT,
+                      Tag.DROP})
+CARRIES_ROWS = frozenset({Tag.PULL_REPLY, Tag.PUSH, Tag.SET, Tag.TRANSFER, Tag.SYNC,
+                          Tag.SYNC_REPLY, Tag.REPLICA, Tag.DROP})
 
 
 class H(enum.IntEnum):

@@ -22,7 +22,8 @@ from .transport import Transport
 
 STAT_KEYS = ("pull_local", "pull_remote", "push_local", "push_remote", "bytes_sent",
              "bytes_received", "messages_sent", "messages_received", "relocations",
-             "relocations_out", "forwards", "replicas", "wait_seconds")
+             "relocations_out", "forwards", "replicas_created", "replicas_dropped",
+             "sync_rounds", "max_staleness", "wait_seconds")
 
 
 class ParameterServer:
@@ -34,12 +35,16 @@ class ParameterServer:
 
     Args:
       tables: table name -> TableSpec.
-      technique: "classic" (static partitioning: key k on rank k % size) or
-        "relocation" (Lapse: ``localize`` and intents move keys to the rank that uses them).
+      technique: "classic", "replication", "relocation", "nups" or "adaptive" (see
+        ``jaxps.TECHNIQUES`` and docs/design.md), or a technique object such as
+        ``jaxps.Nups(hot_keys={"relation": keys})``. "adaptive" needs no tuning.
       comm: MPI communicator (default COMM_WORLD). The PS works on a clone, so its
         messages never collide with the caller's. A world of size 1 needs no mpiexec
         and runs no background thread.
       check_finite: reject pushes/sets containing NaN or Inf (InputError).
+      staleness_bound: replicas reflect every update that reached the owner at most this
+        many of this rank's clocks ago (plus all of this rank's own writes);
+        ``advance_clock`` waits for a sync round rather than exceed it.
       abort_on_error: with more than one rank, an exception that escapes the ``with``
         block, or any uncaught exception in the process, prints its traceback and
         aborts the whole MPI job, so no rank waits forever for a dead peer.
@@ -49,9 +54,9 @@ class ParameterServer:
     ``close()`` (collective) at the end.
     """
 
-    def __init__(self, tables: Mapping[str, TableSpec], *, technique: str = "relocation",
+    def __init__(self, tables: Mapping[str, TableSpec], *, technique="relocation",
                  comm: MPI.Comm | None = None, check_finite: bool = True,
-                 abort_on_error: bool = True):
+                 staleness_bound: int = 2, abort_on_error: bool = True):
         if not isinstance(tables, Mapping) or not tables:
             raise InputError("tables must be a non-empty dict of name -> jaxps.TableSpec")
         for name, spec in tables.items():
@@ -71,6 +76,11 @@ class ParameterServer:
         self._engine = Engine(states, self.rank, self.size, self._stats)
         self._clock = 0
         self._closed = False
+        if not isinstance(staleness_bound, int) or staleness_bound < 1:
+            raise InputError(f"staleness_bound must be an int >= 1, got {staleness_bound!r}")
+        self._staleness_bound = staleness_bound
+        self._fresh_as_of = {t.index: 0 for t in states}
+        self._technique.setup(self)
         if self.size > 1:
             if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
                 raise RuntimeError("jaxps needs MPI_THREAD_MULTIPLE; do not set "
@@ -120,17 +130,24 @@ class ParameterServer:
         with eng.lock:
             slots = t.store.slot[keys]
             local = slots >= 0
-            n_local = int(np.count_nonzero(local))
-            self._stats["pull_local"] += n_local
-            self._stats["pull_remote"] += len(keys) - n_local
-            if n_local == len(keys):
+            if local.all():
+                self._stats["pull_local"] += len(keys)
                 return completed("pull", t.name, t.store.values[slots])
+            self._count_local("pull", t, keys, local)
             out = np.empty((len(keys), t.spec.width), np.float32)
             out[local] = t.store.values[slots[local]]
-            h = eng.new_handle("pull", t, len(keys) - n_local, result=out)
-            remote = np.flatnonzero(~local)
-            eng.serve(Msg(Tag.PULL, t, h.id, self.rank, keys[remote], remote))
+            h = eng.new_handle("pull", t, int(np.count_nonzero(~local)), result=out)
+            rest = np.flatnonzero(~local)  # replicas answer inline, the rest travels
+            eng.serve(Msg(Tag.PULL, t, h.id, self.rank, keys[rest], rest))
         return h
+
+    def _count_local(self, op: str, t: TableState, keys: np.ndarray, local: np.ndarray) -> None:
+        """Stats: keys served locally = owned or replicated here at call time."""
+        if t.replicas is not None:
+            local = local | (t.replicas.slot[keys] >= 0)
+        n_local = int(np.count_nonzero(local))
+        self._stats[f"{op}_local"] += n_local
+        self._stats[f"{op}_remote"] += len(keys) - n_local
 
     def push(self, table: str, keys, deltas) -> None:
         """Add ``deltas`` [len(keys), width] to the rows; duplicate keys are summed."""
@@ -168,17 +185,14 @@ class ParameterServer:
                 t.store.add(slots[local], rows[local])
             else:
                 t.store.values[slots[local]] = rows[local]
-            n_local = int(np.count_nonzero(local))
-            self._stats["push_local"] += n_local
-            self._stats["push_remote"] += len(keys) - n_local
-            if n_local == len(keys):
+            self._count_local("push", t, keys, local)
+            if local.all():
                 return completed(kind, t.name)
-            remote = ~local
-            h = eng.new_handle(kind, t, len(keys) - n_local, keys=keys[remote])
-            if self._technique.relocates:
+            rest = ~local  # replicas apply inline, the rest travels
+            h = eng.new_handle(kind, t, int(np.count_nonzero(rest)), keys=keys[rest])
+            eng.serve(Msg(tag, t, h.id, self.rank, keys[rest], np.flatnonzero(rest), rows[rest]))
+            if self._technique.relocates and not h.done():
                 t.pending_writes.append(h)
-            eng.serve(Msg(tag, t, h.id, self.rank, keys[remote],
-                          np.flatnonzero(remote), rows[remote]))
         return h
 
     def _fence(self, t: TableState, keys: np.ndarray) -> None:
@@ -226,11 +240,45 @@ class ParameterServer:
             self._technique.on_intent(self, t, keys, start, end)
 
     def advance_clock(self) -> int:
-        """Tick this rank's clock (trainers tick once per batch); returns the new clock."""
-        with self._engine.lock:
+        """Tick this rank's clock (trainers tick once per batch); returns the new clock.
+
+        With replicas, also starts a sync round per table when the previous one finished,
+        and waits for an unfinished one that would exceed ``staleness_bound``.
+        """
+        eng = self._engine
+        with eng.lock:
             self._clock += 1
+            eng.clock = self._clock
             self._technique.on_clock(self, self._clock)
+        if self._technique.replicates:
+            for t in eng.tables:
+                self._sync_round(t, force=False)
         return self._clock
+
+    def _sync_round(self, t: TableState, *, force: bool) -> None:
+        """Collect a finished sync round of ``t`` and start the next one.
+
+        Waits for the round in flight when ``force`` is set, or when replicas would
+        otherwise be staler than ``staleness_bound`` clocks (staleness = clocks since the
+        start of the last completed round); a second pass then waits for a fresh round.
+        """
+        for _ in range(2):
+            h = t.sync
+            stale = self._clock - self._fresh_as_of[t.index]
+            if h is not None and not h.done() and (force or stale > self._staleness_bound):
+                self.wait(h)
+            with self._engine.lock:
+                if h is not None and h.done():
+                    self._fresh_as_of[t.index] = h.started
+                    t.sync = None
+                if t.sync is None:
+                    t.sync = self._engine.start_sync(t)
+                    if t.sync is None:  # no replicas of this table: nothing is stale
+                        self._fresh_as_of[t.index] = self._clock
+                stale = self._clock - self._fresh_as_of[t.index]
+            if force or stale <= self._staleness_bound:
+                break
+        self._stats["max_staleness"] = max(self._stats["max_staleness"], stale)
 
     @property
     def clock(self) -> int:
@@ -249,7 +297,10 @@ class ParameterServer:
         if not handle.done():
             t0 = time.perf_counter()
             handle._event.wait()
-            self._stats["wait_seconds"] += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            self._stats["wait_seconds"] += dt
+            self._stats[f"wait_{handle.kind}_seconds"] = (
+                self._stats.get(f"wait_{handle.kind}_seconds", 0.0) + dt)
         return handle.result
 
     def wait_all(self) -> None:
@@ -264,8 +315,21 @@ class ParameterServer:
 
     def wait_sync(self) -> None:
         """Collective: afterwards every write issued anywhere before the call is visible
-        on every rank. (Without replicas this is ``barrier``.)"""
+        on every rank, replicas included.
+
+        Two sync rounds: the first brings every replica's deltas to the owners, the
+        second (after a barrier) brings the merged values back to every replica.
+        Without replicas this is ``barrier``.
+        """
         self.barrier()
+        if not self._technique.replicates:
+            return
+        for _ in range(2):
+            for t in self._engine.tables:
+                if t.replicas is not None:
+                    self._sync_round(t, force=True)   # finish the round in flight
+                    self._sync_round(t, force=True)   # a complete round from now
+            self.barrier()
 
     def barrier(self) -> None:
         """Collective: wait for own operations, then for every rank to arrive."""
@@ -278,12 +342,19 @@ class ParameterServer:
 
     # ----- introspection ---------------------------------------------------------------
     def stats(self) -> dict:
-        """Cumulative counters of this rank (keys pulled/pushed locally/remotely, bytes,
-        messages, relocations into this rank, replicas held, seconds blocked in PS calls)
-        plus ``owned`` keys per table."""
+        """Counters of this rank since start or ``reset_stats``.
+
+        Keys pulled/pushed locally (owned or replicated here) and remotely, bytes and
+        messages, ``relocations`` (rows moved in) and ``relocations_out``, ``forwards``,
+        ``replicas`` (held now), ``replicas_created``/``replicas_dropped``,
+        ``sync_rounds``, ``max_staleness`` (clocks; <= staleness_bound), ``wait_seconds``
+        (time blocked in PS calls), ``owned`` keys per table, ``local_fraction``.
+        """
         with self._engine.lock:
             out = dict(self._stats)
             out["owned"] = {t.name: t.store.num_owned for t in self._engine.tables}
+            out["replicas"] = sum(t.replicas.count for t in self._engine.tables
+                                  if t.replicas is not None)
         pulls = out["pull_local"] + out["pull_remote"]
         out["local_fraction"] = out["pull_local"] / pulls if pulls else 1.0
         return out
@@ -292,7 +363,7 @@ class ParameterServer:
         """Zero this rank's counters."""
         with self._engine.lock:
             for k in self._stats:
-                self._stats[k] = 0.0 if k == "wait_seconds" else 0
+                self._stats[k] = 0.0 if k.startswith("wait_") else 0
 
     def owned_keys(self, table: str) -> np.ndarray:
         """Keys of ``table`` currently stored on this rank (sorted int64). O(num_keys)."""

@@ -8,6 +8,7 @@ from .tables import TableSpec, initial_rows
 
 ABSENT = -1    # slot value: this rank neither owns the key nor expects it
 INCOMING = -2  # slot value: this rank asked for the key and waits for its TRANSFER
+PENDING = -2   # replica slot value: a replica was asked for, its rows are not here yet
 
 _INIT_CHUNK = 1 << 16  # keys per chunk when computing initial rows (bounds temporary memory)
 
@@ -77,6 +78,71 @@ class RowStore:
         self._n_free += len(added)
 
 
+class ReplicaStore:
+    """Replicas of keys owned elsewhere: the value this rank reads and writes, and the
+    value at the last sync (``base``), stored side by side as one row [value | base].
+
+    ``slot`` per key: >= 0 a ready replica, ABSENT, or PENDING (asked for, rows not here
+    yet; the rank's own requests for the key wait in the table queue meanwhile).
+    Sync: send ``value - base`` to the owner and set ``base = value``; on the owner's
+    answer ``fresh``: ``value = fresh + (value - base)``, ``base = fresh``, which keeps
+    local updates made while the sync was in flight.
+    """
+
+    def __init__(self, num_keys: int, width: int):
+        self.width = width
+        self._rows = RowStore(num_keys, 2 * width, capacity=16)
+
+    @property
+    def slot(self) -> np.ndarray:
+        return self._rows.slot
+
+    @property
+    def count(self) -> int:
+        return self._rows.num_owned
+
+    def keys(self) -> np.ndarray:
+        """Keys with a ready replica (sorted). O(num_keys)."""
+        return np.flatnonzero(self._rows.slot >= 0)
+
+    def value(self, slots: np.ndarray) -> np.ndarray:
+        return self._rows.values[slots, :self.width]
+
+    def add(self, slots: np.ndarray, deltas: np.ndarray) -> None:
+        self._rows.values[slots, :self.width] += deltas
+
+    def assign(self, slots: np.ndarray, rows: np.ndarray) -> None:
+        self._rows.values[slots, :self.width] = rows
+
+    def install(self, keys: np.ndarray, fresh: np.ndarray) -> None:
+        """New ready replicas with value = base = fresh."""
+        self._rows.insert(keys, np.concatenate([fresh, fresh], axis=1))
+
+    def take_deltas(self, keys: np.ndarray) -> np.ndarray:
+        """``value - base`` of ready replicas, then ``base = value`` (start of a sync)."""
+        slots = self._rows.slot[keys]
+        rows = self._rows.values[slots]
+        delta = rows[:, :self.width] - rows[:, self.width:]
+        self._rows.values[slots, self.width:] = rows[:, :self.width]
+        return delta
+
+    def refresh(self, keys: np.ndarray, fresh: np.ndarray) -> None:
+        """Apply the owner's answer to a sync; keys no longer replicated are skipped."""
+        slots = self._rows.slot[keys]
+        ok = slots >= 0
+        slots, fresh = slots[ok], fresh[ok]
+        rows = self._rows.values[slots]
+        rows[:, :self.width] += fresh - rows[:, self.width:]
+        rows[:, self.width:] = fresh
+        self._rows.values[slots] = rows
+
+    def remove(self, keys: np.ndarray) -> np.ndarray:
+        """Drop ready replicas; returns their unsynced local updates ``value - base``."""
+        slots = self._rows.slot[keys]
+        rows = self._rows.remove(keys, slots)
+        return rows[:, :self.width] - rows[:, self.width:]
+
+
 class TableState:
     """Everything one rank keeps about one table.
 
@@ -89,6 +155,13 @@ class TableState:
                rank it was handed to). Only a hint: a stale entry costs a forward.
       queue:   requests for INCOMING keys, kept in arrival order until the rows arrive.
       pending_writes: this rank's unacknowledged remote writes (for read-your-writes).
+      replicas: ReplicaStore, or None while the technique never replicates this table.
+      holders: int16 [num_keys]  for owned keys: how many other ranks hold a replica
+               (travels with the row on relocation; adaptive decisions use it).
+      promised: int16 [num_keys]  for owned keys: rank told to relocate the key (MOVE_OK)
+               whose localize has not arrived yet, else -1.
+      intent_end: int32 [num_keys]  end clock of this rank's latest intent per key.
+      sync: the in-flight sync round of this table's replicas (a Handle) or None.
     """
 
     def __init__(self, name: str, index: int, spec: TableSpec, rank: int, size: int):
@@ -102,3 +175,13 @@ class TableState:
         self.hint = (np.arange(spec.num_keys, dtype=np.int64) % size).astype(np.int32)
         self.queue: list = []
         self.pending_writes: list = []
+        self.replicas: ReplicaStore | None = None
+        self.holders = np.zeros(spec.num_keys, np.int16)
+        self.promised = np.full(spec.num_keys, -1, np.int16)
+        self.intent_end = np.zeros(spec.num_keys, np.int32)
+        self.sync = None
+
+    def enable_replicas(self) -> ReplicaStore:
+        if self.replicas is None:
+            self.replicas = ReplicaStore(self.spec.num_keys, self.spec.width)
+        return self.replicas

@@ -1,18 +1,30 @@
 """Management techniques as policy objects behind one interface.
 
-A technique decides what the PS does with intents and clock ticks and whether keys
-may change owner. The protocol engine is the same for all of them: "classic" is just
-the policy that never relocates.
+A technique decides what the PS does with intents, clock ticks and ``localize``, and
+which keys are replicated. The protocol engine is the same for all of them: "classic"
+is just the policy that never moves or copies a key.
+
+| technique   | placement                                                         |
+|-------------|-------------------------------------------------------------------|
+| classic     | key k on rank k % size forever                                    |
+| replication | every rank holds every key (replicas synced each clock)           |
+| relocation  | Lapse: ``localize``/intents move keys to the rank that uses them   |
+| nups        | NuPS: a static hot set replicated everywhere, the rest relocated  |
+| adaptive    | AdaPS: per key and over time, from intents: relocate if one rank  |
+|             | intends it, replicate if several do, act just early enough        |
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import InputError
+from .tables import initial_rows
 
 if TYPE_CHECKING:
     from .server import ParameterServer
@@ -22,10 +34,18 @@ TECHNIQUES = ("classic", "replication", "relocation", "nups", "adaptive")
 
 
 class Technique:
-    """Interface. ``relocates``: keys can change owner, so writes need read-your-writes fences."""
+    """Interface. Methods are called with the PS lock held.
+
+    ``relocates``: keys can change owner, so reads fence on own in-flight writes.
+    ``replicates``: replicas exist, so the PS runs sync rounds and ``wait_sync`` syncs.
+    """
 
     name = "?"
     relocates = False
+    replicates = False
+
+    def setup(self, ps: "ParameterServer") -> None:
+        """Called once after the tables exist (static replicas are made here)."""
 
     def localize(self, ps: "ParameterServer", t: "TableState", keys: np.ndarray):
         """Handle a user ``localize``; returns a handle or None (ignored)."""
@@ -33,16 +53,29 @@ class Technique:
 
     def on_intent(self, ps: "ParameterServer", t: "TableState", keys: np.ndarray,
                   start: int, end: int) -> None:
-        """A worker declared it will access ``keys`` during its clocks [start, end)."""
+        """A worker declared it will access ``keys`` (unique) during its clocks [start, end)."""
 
     def on_clock(self, ps: "ParameterServer", clock: int) -> None:
         """This rank's clock advanced to ``clock``."""
 
 
 class Classic(Technique):
-    """Static partitioning: key k lives on rank k % size forever; intents and localize are ignored."""
+    """Static partitioning: key k lives on rank k % size; intents and localize are ignored."""
 
     name = "classic"
+
+
+class Replication(Technique):
+    """Full static replication: every rank holds every key. Pulls and pushes are local;
+    deltas reach the owners (and the other replicas) in sync rounds. Memory: the whole
+    table (twice: value and last-synced base) on every rank."""
+
+    name = "replication"
+    replicates = True
+
+    def setup(self, ps):
+        for t in ps._engine.tables:
+            _replicate_statically(ps, t, np.arange(t.spec.num_keys))
 
 
 @dataclasses.dataclass
@@ -53,45 +86,235 @@ class _Intent:
     end: int
 
 
+class _IntentBook:
+    """Intents not acted upon yet, ordered by arrival; pops those due by a horizon."""
+
+    def __init__(self):
+        self._waiting: list[_Intent] = []
+
+    def add(self, t, keys, start, end) -> None:
+        self._waiting.append(_Intent(t, keys, start, end))
+
+    def pop_due(self, clock: int, horizon: int) -> dict[int, np.ndarray]:
+        """Unique keys per table index of intents starting within ``horizon`` clocks
+        that have not already ended."""
+        due = [i for i in self._waiting if i.start <= clock + horizon]
+        if not due:
+            return {}
+        self._waiting = [i for i in self._waiting if i.start > clock + horizon]
+        parts: dict[int, list[np.ndarray]] = {}
+        for i in due:
+            if i.end > clock:
+                parts.setdefault(i.table.index, []).append(i.keys)
+        return {index: np.unique(np.concatenate(p)) for index, p in parts.items()}
+
+
 class Relocation(Technique):
     """Lapse: dynamic allocation. ``localize`` moves keys here; an intent localizes its keys
-    once its start is within ``horizon`` clocks (default 1: act for the next batch now).
-    """
+    once its start is within ``horizon`` clocks (default 1: act for the next batch now)."""
 
     name = "relocation"
     relocates = True
 
     def __init__(self, horizon: int = 1):
         self.horizon = horizon
-        self._waiting: list[_Intent] = []
+        self._book = _IntentBook()
 
     def localize(self, ps, t, keys):
         return ps._engine.localize(t, keys)
 
     def on_intent(self, ps, t, keys, start, end):
-        self._waiting.append(_Intent(t, keys, start, end))
+        self._book.add(t, keys, start, end)
         self.on_clock(ps, ps.clock)
 
     def on_clock(self, ps, clock):
-        due = [i for i in self._waiting if i.start <= clock + self.horizon]
-        if not due:
-            return
-        self._waiting = [i for i in self._waiting if i.start > clock + self.horizon]
-        by_table: dict[int, list[np.ndarray]] = {}
-        for i in due:
-            if i.end > clock:  # an intent that already expired needs no action
-                by_table.setdefault(i.table.index, []).append(i.keys)
-        for index, parts in by_table.items():
+        for index, keys in self._book.pop_due(clock, self.horizon).items():
             t = ps._engine.tables[index]
-            ps._engine.localize(t, np.unique(np.concatenate(parts)))
+            keys = self._movable(t, keys)
+            if len(keys):
+                ps._engine.localize(t, keys)
+
+    def _movable(self, t, keys):
+        return keys
 
 
-def make(technique: str) -> Technique:
-    """The policy object for a technique name, or InputError listing the valid names."""
-    available = {"classic": Classic, "relocation": Relocation}
+class Nups(Relocation):
+    """NuPS: a static hot set replicated on every rank, every other key relocated by
+    ``localize`` and intents (as "relocation").
+
+    Args:
+      hot_keys: table name -> keys to replicate; or
+      access_counts: table name -> int array [num_keys] of (expected) accesses, and
+        ``hot_fraction`` (default 0.01) of each table's keys, the most accessed, is hot.
+        Tables named in neither have no hot set.
+    """
+
+    name = "nups"
+    replicates = True
+
+    def __init__(self, hot_keys: dict | None = None, access_counts: dict | None = None,
+                 hot_fraction: float = 0.01, horizon: int = 1):
+        super().__init__(horizon)
+        if not 0 <= hot_fraction <= 1:
+            raise InputError(f"hot_fraction must be in [0, 1], got {hot_fraction}")
+        self._hot_keys = dict(hot_keys or {})
+        self._counts = dict(access_counts or {})
+        self.hot_fraction = hot_fraction
+        self._hot: dict[int, np.ndarray] = {}
+
+    def setup(self, ps):
+        for name in set(self._hot_keys) | set(self._counts):
+            t = ps._table(name)
+            if name in self._hot_keys:
+                from . import validate
+                hot = np.unique(validate.keys(name, t.spec, self._hot_keys[name], "hot_keys"))
+            else:
+                counts = np.asarray(self._counts[name])
+                if counts.shape != (t.spec.num_keys,):
+                    raise InputError(f"table {name!r}: access_counts must have shape "
+                                     f"({t.spec.num_keys},), got {counts.shape}")
+                n_hot = int(round(self.hot_fraction * t.spec.num_keys))
+                hot = np.sort(np.argsort(-counts, kind="stable")[:n_hot])
+            mask = np.zeros(t.spec.num_keys, bool)
+            mask[hot] = True
+            self._hot[t.index] = mask
+            _replicate_statically(ps, t, hot)
+
+    def _movable(self, t, keys):
+        mask = self._hot.get(t.index)
+        return keys if mask is None else keys[~mask[keys]]
+
+
+class ActionTimer:
+    """When to act on an intent (AdaPS): early enough that the key is here when the clock
+    arrives, not needlessly early.
+
+    Estimates, with exponential smoothing (alpha 0.1), the seconds an action takes
+    (intent sent -> key local) and the seconds per clock, and acts once an intent's
+    start is within the 0.9999-quantile of Poisson(2 x clocks-per-action) clocks.
+    """
+
+    def __init__(self, alpha: float = 0.1, quantile: float = 0.9999):
+        self.alpha, self.quantile = alpha, quantile
+        self.action_s: float | None = None
+        self.clock_s: float | None = None
+        self._last_tick: float | None = None
+        self._watch: list = []
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        if self._last_tick is not None:
+            self.clock_s = self._smooth(self.clock_s, now - self._last_tick)
+        self._last_tick = now
+        still = []
+        for h in self._watch:
+            if h.done():
+                self.action_s = self._smooth(self.action_s, h.t_done - h.t_start)
+            else:
+                still.append(h)
+        self._watch = still
+
+    def watch(self, handle) -> None:
+        self._watch.append(handle)
+
+    def horizon(self) -> int:
+        """Clocks ahead at which to act (>= 1)."""
+        if not self.action_s or not self.clock_s:
+            return 1
+        lam = min(2.0 * self.action_s / self.clock_s, 500.0)
+        return max(1, _poisson_quantile(lam, self.quantile))
+
+    def _smooth(self, old, new):
+        return new if old is None else (1 - self.alpha) * old + self.alpha * new
+
+
+def _poisson_quantile(lam: float, q: float) -> int:
+    k, p = 0, math.exp(-lam)
+    c = p
+    while c < q:
+        k += 1
+        p *= lam / k
+        c += p
+    return k
+
+
+class Adaptive(Technique):
+    """AdaPS: from intents alone, per key and over time -- relocate a key to the one rank
+    that intends to use it, replicate it to every rank when several do, drop a replica
+    when its rank's intent expires (its updates go to the owner first), and leave keys
+    without intent where they are. When to act is learned (``ActionTimer``)."""
+
+    name = "adaptive"
+    relocates = True
+    replicates = True
+
+    def __init__(self, grace: int = 1):
+        self._book = _IntentBook()
+        self.timer = ActionTimer()
+        self.grace = grace
+
+    def setup(self, ps):
+        for t in ps._engine.tables:
+            t.enable_replicas()
+
+    def localize(self, ps, t, keys):
+        return ps._engine.localize(t, keys)
+
+    def on_intent(self, ps, t, keys, start, end):
+        t.intent_end[keys] = np.maximum(t.intent_end[keys], end)
+        self._book.add(t, keys, start, end)
+        self._act(ps, ps.clock)
+
+    def on_clock(self, ps, clock):
+        self.timer.tick()
+        eng = ps._engine
+        for t in eng.tables:
+            keys = t.replicas.keys()
+            # One clock of grace: a key used every other clock keeps its replica instead
+            # of being dropped and fetched again (its DROP in flight would delay the fetch).
+            expired = keys[t.intent_end[keys] + self.grace <= clock]
+            if len(expired):
+                eng.drop(t, expired)
+        self._act(ps, clock)
+
+    def _act(self, ps, clock):
+        eng = ps._engine
+        for index, keys in self._book.pop_due(clock, self.timer.horizon()).items():
+            t = eng.tables[index]
+            keys = keys[(t.store.slot[keys] == -1) & (t.replicas.slot[keys] == -1)]
+            keys = keys[t.intent_end[keys] > clock]
+            busy = _keys_with_writes_in_flight(t, keys)
+            if busy.any():  # a replica fetched now could miss them: retry next clock
+                self._book.add(t, keys[busy], clock + 1, int(t.intent_end[keys[busy]].max()))
+                keys = keys[~busy]
+            if len(keys):
+                self.timer.watch(eng.request(t, keys))
+
+
+def _keys_with_writes_in_flight(t, keys) -> np.ndarray:
+    pending = [h.keys for h in t.pending_writes if not h.done()]
+    if not pending or not len(keys):
+        return np.zeros(len(keys), bool)
+    return np.isin(keys, np.concatenate(pending))
+
+
+def _replicate_statically(ps, t, keys) -> None:
+    """Replicas of ``keys`` not owned here, from their initial values (no messages:
+    initial values are a function of the key)."""
+    rep = t.enable_replicas()
+    keys = keys[t.store.slot[keys] < 0]
+    for start in range(0, len(keys), 1 << 16):
+        chunk = keys[start:start + (1 << 16)]
+        rep.install(chunk, initial_rows(t.spec, t.name, chunk))
+
+
+def make(technique) -> Technique:
+    """The policy object for a technique name (or a Technique instance, returned as is)."""
+    if isinstance(technique, Technique):
+        return technique
+    available = {"classic": Classic, "replication": Replication, "relocation": Relocation,
+                 "nups": Nups, "adaptive": Adaptive}
     if technique in available:
         return available[technique]()
-    if technique in TECHNIQUES:
-        raise InputError(f"technique {technique!r} is not available yet; "
-                         f"available: {sorted(available)}")
-    raise InputError(f"unknown technique {technique!r}; choose one of {TECHNIQUES}")
+    raise InputError(f"unknown technique {technique!r}; choose one of {TECHNIQUES} "
+                     f"or pass a jaxps technique object such as jaxps.Nups(hot_keys=...)")

@@ -12,7 +12,7 @@ from mpi4py import MPI
 import jaxps
 
 COMM = MPI.COMM_WORLD
-MULTI = ["classic", "relocation"]  # techniques available; extended as techniques land
+MULTI = list(jaxps.TECHNIQUES)  # every correctness test runs once per technique
 
 
 def assert_all(ok: bool, msg: str) -> None:
@@ -29,6 +29,10 @@ def technique(request):
 
 
 def make_ps(technique, **tables):
+    """A PS for the test; "nups" gets a hot set of every 7th key (spread over homes)."""
+    if technique == "nups":
+        technique = jaxps.Nups(hot_keys={name: np.arange(0, spec.num_keys, 7)
+                                         for name, spec in tables.items()})
     return jaxps.ParameterServer(tables, technique=technique)
 
 

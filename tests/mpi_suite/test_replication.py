@@ -1,0 +1,111 @@
+"""Replicas and adaptive management: convergence, staleness bound, drop on expiry,
+local share under intents. Runs in one process and under mpiexec (tests/test_mpi.py)."""
+
+import time
+
+import numpy as np
+import pytest
+
+import jaxps
+from tests.mpi_suite.conftest import COMM, assert_all, make_ps, rng_for
+
+RANK, SIZE = COMM.rank, COMM.size
+REPLICATING = ["replication", "nups", "adaptive"]
+
+
+@pytest.mark.parametrize("technique", REPLICATING)
+def test_replicas_converge_after_wait_sync(technique):
+    """All ranks read identical rows after wait_sync, equal to the sum of all pushes."""
+    K = 200
+    rng = rng_for(11)
+    with make_ps(technique, e=jaxps.TableSpec(K, 3, init="zeros")) as ps:
+        pushed = np.zeros(K, np.int64)
+        for clock in range(60):
+            keys = np.unique(np.minimum(rng.zipf(1.3, 30) - 1, K - 1))
+            ps.intent("e", keys, ps.clock + 1, ps.clock + 3)
+            ps.push("e", keys, np.ones((len(keys), 3)))
+            pushed[keys] += 1
+            ps.advance_clock()
+        ps.wait_sync()
+        rows = ps.pull("e", np.arange(K))
+        stats = ps.stats()
+    everyone = COMM.allgather(rows)
+    total = COMM.allreduce(pushed)
+    assert_all(all(np.array_equal(r, everyone[0]) for r in everyone), "replicas differ")
+    assert_all(np.array_equal(rows[:, 0], total.astype(np.float32)),
+               f"rows differ from pushes at keys {np.flatnonzero(rows[:, 0] != total)[:8]}")
+    if SIZE > 1:
+        used = COMM.allreduce(stats["replicas"] + stats["replicas_created"])
+        rounds = COMM.allreduce(stats["sync_rounds"])
+        assert_all(used > 0 and rounds > 0, f"no replicas used: {stats}")
+
+
+@pytest.mark.parametrize("bound", [1, 3])
+def test_staleness_stays_within_bound(bound):
+    """Under full replication with concurrent pushes, max_staleness <= staleness_bound,
+    and a replica read never lags the true value by more than the bound allows."""
+    K = 2_000
+    with jaxps.ParameterServer({"e": jaxps.TableSpec(K, 8, init="zeros")},
+                               technique="replication", staleness_bound=bound) as ps:
+        for _ in range(40):
+            ps.push("e", np.arange(K), np.ones((K, 8)))
+            ps.advance_clock()
+        ps.barrier()
+        stale = ps.stats()["max_staleness"]
+        ps.wait_sync()
+        final = ps.pull("e", [0])[0, 0]
+    assert_all(stale <= bound, f"max_staleness {stale} > bound {bound}")
+    assert_all(final == 40 * SIZE, f"final {final}, expected {40 * SIZE}")
+
+
+def test_replica_dropped_on_intent_expiry_keeps_its_deltas():
+    """Every rank intends the same keys for a while (so they get replicated), pushes, then
+    stops: the replicas are dropped when the intents expire and no delta is lost."""
+    K = 50
+    hot = np.arange(10)
+    with jaxps.ParameterServer({"e": jaxps.TableSpec(K, 2, init="zeros")},
+                               technique="adaptive") as ps:
+        for clock in range(30):
+            ps.intent("e", hot, ps.clock + 1, ps.clock + 2)
+            time.sleep(0.005)
+            ps.push("e", hot, np.ones((len(hot), 2)))
+            ps.advance_clock()
+        for _ in range(5):  # intents run out: replicas are dropped
+            ps.advance_clock()
+        ps.barrier()
+        stats = ps.stats()
+        ps.wait_sync()
+        rows = ps.pull("e", hot)
+    assert_all(np.array_equal(rows[:, 0], np.full(10, 30.0 * SIZE)), f"rows {rows[:, 0]}")
+    if SIZE > 1:
+        dropped = COMM.allreduce(stats["replicas_dropped"])
+        held = COMM.allreduce(stats["replicas"])
+        assert_all(dropped > 0 and held == 0, f"dropped {dropped}, still held {held}")
+
+
+def test_adaptive_serves_skewed_trace_locally():
+    """Intents one clock ahead on a skewed trace (shared Zipf keys + a rank-private
+    block): "adaptive" serves >= 99% of pulled keys locally (fixed seed). A key counts
+    as local when the rank holds it (owned or replica) at the time of the pull."""
+    K, clocks = 20_000, 120
+    rng = rng_for(5)
+    private = K // 2 + RANK * (K // 2 // SIZE) + np.arange(K // 2 // SIZE)
+    trace = [np.unique(np.concatenate([np.minimum(rng.zipf(1.1, 100) - 1, K // 2 - 1),
+                                       rng.choice(private, 100)])) for _ in range(clocks)]
+    with jaxps.ParameterServer({"e": jaxps.TableSpec(K, 16)}, technique="adaptive") as ps:
+        ps.barrier()
+        ps.intent("e", trace[0], 0)
+        for t, keys in enumerate(trace):
+            if t + 1 < clocks:
+                ps.intent("e", trace[t + 1], ps.clock + 1)
+            if t == 1:
+                ps.reset_stats()  # the first batch had no time to move anything
+            ps.pull("e", keys)
+            # The "step": a GIL-free wait, longer when ranks outnumber this machine's 2
+            # cores, so that each rank gets as much CPU per step as with 2 ranks.
+            time.sleep(0.015 * max(2, SIZE))
+            ps.push_async("e", keys, np.zeros((len(keys), 16)))
+            ps.advance_clock()
+        local = ps.stats()["local_fraction"]
+        ps.barrier()
+    assert_all(local >= 0.99, f"local fraction {local:.4f}")
