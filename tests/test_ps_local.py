@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import jaxps
 
-TECHNIQUES = ["classic", "relocation"]
+TECHNIQUES = list(jaxps.TECHNIQUES)
 
 
 @pytest.fixture(params=TECHNIQUES)

@@ -252,7 +252,8 @@ class ParameterServer:
             self._technique.on_clock(self, self._clock)
         if self._technique.replicates:
             for t in eng.tables:
-                self._sync_round(t, force=False)
+                if t.replicas is not None:
+                    self._sync_round(t, force=False)
         return self._clock
 
     def _sync_round(self, t: TableState, *, force: bool) -> None:
