@@ -21,7 +21,6 @@ sends to itself are dispatched inline.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 
 import numpy as np
@@ -34,26 +33,35 @@ from .replication import ReplicaProtocol
 from .store import ABSENT, INCOMING, PENDING, TableState
 
 MAX_HOPS = 4
+_KEEP = object()  # Msg.replace: leave rows as they are
 USER_TAGS = frozenset({Tag.PULL, Tag.PUSH, Tag.SET})  # requests a rank's own replicas serve
 
 
-@dataclasses.dataclass
 class Msg:
-    """A request or reply being processed: a decoded message (or one built locally)."""
+    """A request or reply being processed: a decoded message (or one built locally).
 
-    tag: Tag
-    table: TableState
-    req: int
-    origin: int
-    keys: np.ndarray
-    pos: np.ndarray
-    rows: np.ndarray | None = None
-    hops: int = 0
-    aux: int = -1
+    A plain slotted class rather than a dataclass: ``replace`` runs for nearly every
+    message, and ``dataclasses.replace`` cost more than the rest of a small message's
+    handling.
+    """
+
+    __slots__ = ("tag", "table", "req", "origin", "keys", "pos", "rows", "hops", "aux")
+
+    def __init__(self, tag: Tag, table: TableState, req: int, origin: int, keys: np.ndarray,
+                 pos: np.ndarray, rows: np.ndarray | None = None, hops: int = 0, aux: int = -1):
+        self.tag, self.table, self.req, self.origin = tag, table, req, origin
+        self.keys, self.pos, self.rows, self.hops, self.aux = keys, pos, rows, hops, aux
+
+    def replace(self, *, tag=None, keys=None, pos=None, rows=_KEEP, hops=None, aux=None):
+        """A copy with the given fields changed (``rows=None`` drops the rows)."""
+        return Msg(self.tag if tag is None else tag, self.table, self.req, self.origin,
+                   self.keys if keys is None else keys, self.pos if pos is None else pos,
+                   self.rows if rows is _KEEP else rows, self.hops if hops is None else hops,
+                   self.aux if aux is None else aux)
 
     def subset(self, mask: np.ndarray) -> "Msg":
-        return dataclasses.replace(self, keys=self.keys[mask], pos=self.pos[mask],
-                                   rows=None if self.rows is None else self.rows[mask])
+        return Msg(self.tag, self.table, self.req, self.origin, self.keys[mask], self.pos[mask],
+                   None if self.rows is None else self.rows[mask], self.hops, self.aux)
 
 
 class Engine(ReplicaProtocol):
@@ -95,7 +103,7 @@ class Engine(ReplicaProtocol):
         """Send ``m`` (with ``tag`` if given) to ``dest``; inline when dest is this rank."""
         tag = m.tag if tag is None else tag
         if dest == self.rank:
-            self.dispatch(self.rank, dataclasses.replace(m, tag=tag))
+            self.dispatch(self.rank, m.replace(tag=tag))
             return
         buf = protocol.pack(m.table.index, m.req, m.origin, m.keys, m.pos, m.rows,
                             hops=m.hops, aux=m.aux)
@@ -188,14 +196,14 @@ class Engine(ReplicaProtocol):
     def _apply(self, m: Msg, slots: np.ndarray) -> None:
         store = m.table.store
         if m.tag is Tag.PULL:
-            self.send(m.origin, dataclasses.replace(m, rows=store.values[slots], hops=0),
+            self.send(m.origin, m.replace(rows=store.values[slots], hops=0),
                       Tag.PULL_REPLY)
         elif m.tag is Tag.PUSH:
             store.add(slots, m.rows)
-            self.send(m.origin, dataclasses.replace(m, rows=None, hops=0), Tag.WRITE_ACK)
+            self.send(m.origin, m.replace(rows=None, hops=0), Tag.WRITE_ACK)
         elif m.tag is Tag.SET:
             store.values[slots] = m.rows
-            self.send(m.origin, dataclasses.replace(m, rows=None, hops=0), Tag.WRITE_ACK)
+            self.send(m.origin, m.replace(rows=None, hops=0), Tag.WRITE_ACK)
         elif m.tag is Tag.RELOCATE:
             t = m.table
             rows = store.remove(m.keys, slots)
@@ -204,7 +212,7 @@ class Engine(ReplicaProtocol):
             t.promised[m.keys] = -1
             t.hint[m.keys] = m.aux
             self.stats["relocations_out"] += len(m.keys)
-            self.send(m.aux, dataclasses.replace(m, rows=rows, pos=holders, hops=0),
+            self.send(m.aux, m.replace(rows=rows, pos=holders, hops=0),
                       Tag.TRANSFER)
         else:
             self.apply_owner(m, slots)
@@ -226,7 +234,7 @@ class Engine(ReplicaProtocol):
                                     f"{t.name!r} but neither holds nor expects it")
         if m.origin != self.rank:
             self.stats["forwards"] += len(m.keys)
-        self.send_grouped(dest, dataclasses.replace(m, hops=m.hops + 1))
+        self.send_grouped(dest, m.replace(hops=m.hops + 1))
 
     def _learn_owner(self, t: TableState, keys: np.ndarray, source: int) -> None:
         if source != self.rank:
@@ -265,7 +273,7 @@ class Engine(ReplicaProtocol):
             raise ProtocolError(f"rank {m.aux} asked to localize key {k} of {t.name!r} "
                                 f"it already owns or expects")
         t.owner[idx] = m.aux
-        self.send_grouped(current, dataclasses.replace(m, tag=Tag.RELOCATE, hops=0))
+        self.send_grouped(current, m.replace(tag=Tag.RELOCATE, hops=0))
 
     def _on_transfer(self, m: Msg) -> None:
         """At the new owner: install rows, complete the localize, apply queued requests."""

@@ -18,8 +18,6 @@ until the TRANSFER arrives. The count of replica holders travels with the row.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from .handles import Handle
@@ -34,27 +32,27 @@ class ReplicaProtocol:
     def apply_replica(self, m, rslots: np.ndarray) -> None:
         rep = m.table.replicas
         if m.tag is Tag.PULL:
-            self.send(self.rank, dataclasses.replace(m, rows=rep.value(rslots)), Tag.PULL_REPLY)
+            self.send(self.rank, m.replace(rows=rep.value(rslots)), Tag.PULL_REPLY)
             return
         if m.tag is Tag.PUSH:
             rep.add(rslots, m.rows)
         else:
             rep.assign(rslots, m.rows)
-        self.send(self.rank, dataclasses.replace(m, rows=None), Tag.WRITE_ACK)
+        self.send(self.rank, m.replace(rows=None), Tag.WRITE_ACK)
 
     # ----- at the owner ------------------------------------------------------------------
     def apply_owner(self, m, slots: np.ndarray) -> None:
         """SYNC, DROP and INTENT requests for keys this rank owns."""
         t, store = m.table, m.table.store
-        back = dataclasses.replace(m, hops=0)
+        back = m.replace(hops=0)
         if m.tag is Tag.SYNC:
             store.add(slots, m.rows)
-            self.send(m.origin, dataclasses.replace(back, rows=store.values[slots]),
+            self.send(m.origin, back.replace(rows=store.values[slots]),
                       Tag.SYNC_REPLY)
         elif m.tag is Tag.DROP:
             store.add(slots, m.rows)
             t.holders[m.keys] = np.maximum(t.holders[m.keys] - 1, 0)
-            self.send(m.origin, dataclasses.replace(back, rows=None), Tag.WRITE_ACK)
+            self.send(m.origin, back.replace(rows=None), Tag.WRITE_ACK)
         elif m.tag is Tag.INTENT:
             self._decide(m, slots)
 
@@ -69,14 +67,14 @@ class ReplicaProtocol:
         if shared.any():
             keys = m.keys[shared]
             t.holders[keys] += 1
-            self.send(m.origin, dataclasses.replace(m.subset(shared), hops=0,
+            self.send(m.origin, m.subset(shared).replace(hops=0,
                                                     rows=t.store.values[slots[shared]]),
                       Tag.REPLICA)
         if not shared.all():
             move = m.subset(~shared)
             t.promised[move.keys] = m.origin
             self.send_grouped((move.keys % self.size).astype(np.int32),
-                              dataclasses.replace(move, tag=Tag.LOCALIZE, hops=0, rows=None,
+                              move.replace(tag=Tag.LOCALIZE, hops=0, rows=None,
                                                   aux=m.origin))
 
     # ----- at the requester: answers to INTENT, SYNC ----------------------------------------
