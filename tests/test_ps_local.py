@@ -14,7 +14,10 @@ TECHNIQUES = list(jaxps.TECHNIQUES)
 def ps(request):
     tables = {"e": jaxps.TableSpec(50, 3, state_dim=2, state_init=0.5),
               "r": jaxps.TableSpec(7, 3, init="zeros")}
-    with jaxps.ParameterServer(tables, technique=request.param) as server:
+    technique = request.param
+    if technique == "nups":
+        technique = jaxps.Nups(hot_keys={"e": [0, 1, 2]})
+    with jaxps.ParameterServer(tables, technique=technique) as server:
         yield server
 
 
@@ -112,6 +115,19 @@ def test_bad_input_raises_and_applies_nothing(ps, what, call, message):
 def test_unknown_technique_lists_the_valid_ones():
     with pytest.raises(jaxps.InputError, match="choose one of"):
         jaxps.ParameterServer({"e": jaxps.TableSpec(3, 1)}, technique="magic")
+    with pytest.raises(jaxps.InputError, match="needs its hot set"):
+        jaxps.ParameterServer({"e": jaxps.TableSpec(3, 1)}, technique="nups")
+
+
+def test_nups_hot_set_from_access_counts():
+    counts = np.zeros(100, np.int64)
+    counts[[5, 50, 99]] = [10, 30, 20]
+    nups = jaxps.Nups(access_counts={"e": counts}, hot_fraction=0.02)
+    with jaxps.ParameterServer({"e": jaxps.TableSpec(100, 1)}, technique=nups):
+        assert np.array_equal(np.flatnonzero(nups._hot[0]), [50, 99])
+    with pytest.raises(jaxps.InputError, match="access_counts must have shape"):
+        jaxps.ParameterServer({"e": jaxps.TableSpec(100, 1)},
+                              technique=jaxps.Nups(access_counts={"e": counts[:5]}))
 
 
 def test_bad_table_specs():

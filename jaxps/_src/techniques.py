@@ -313,8 +313,12 @@ def make(technique) -> Technique:
     if isinstance(technique, Technique):
         return technique
     available = {"classic": Classic, "replication": Replication, "relocation": Relocation,
-                 "nups": Nups, "adaptive": Adaptive}
+                 "adaptive": Adaptive}
     if technique in available:
         return available[technique]()
+    if technique == "nups":
+        raise InputError("technique 'nups' needs its hot set: pass technique=jaxps.Nups("
+                         "hot_keys={table: keys}) or jaxps.Nups(access_counts={table: counts}, "
+                         "hot_fraction=0.01)")
     raise InputError(f"unknown technique {technique!r}; choose one of {TECHNIQUES} "
                      f"or pass a jaxps technique object such as jaxps.Nups(hot_keys=...)")
