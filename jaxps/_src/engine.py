@@ -300,8 +300,9 @@ class Engine(ReplicaProtocol):
         applied in the order they arrived.
         """
         queue, t.queue = t.queue, []
-        for q in queue:
-            if not np.isin(q.keys, arrived).any():
+        hit = [t.member(q.keys, arrived).any() for q in queue]
+        for q, touched in zip(queue, hit):
+            if not touched:
                 t.queue.append(q)
                 continue
             slots = t.store.slot[q.keys]

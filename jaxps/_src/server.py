@@ -206,7 +206,7 @@ class ParameterServer:
             return
         with self._engine.lock:
             t.pending_writes = [h for h in t.pending_writes if not h.done()]
-            overlapping = [h for h in t.pending_writes if np.isin(h.keys, keys).any()]
+            overlapping = [h for h in t.pending_writes if t.member(h.keys, keys).any()]
         for h in overlapping:
             self.wait(h)
 

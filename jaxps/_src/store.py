@@ -180,6 +180,15 @@ class TableState:
         self.promised = np.full(spec.num_keys, -1, np.int16)
         self.intent_end = np.zeros(spec.num_keys, np.int32)
         self.sync = None
+        self._mark = np.zeros(spec.num_keys, bool)
+
+    def member(self, keys: np.ndarray, of: np.ndarray) -> np.ndarray:
+        """Boolean mask: ``keys[i] in of``. O(len(keys) + len(of)) via a scratch array
+        (np.isin sorts, which dominated small-message handling). Lock held."""
+        self._mark[of] = True
+        out = self._mark[keys]
+        self._mark[of] = False
+        return out
 
     def enable_replicas(self) -> ReplicaStore:
         if self.replicas is None:

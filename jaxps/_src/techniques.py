@@ -295,7 +295,7 @@ def _keys_with_writes_in_flight(t, keys) -> np.ndarray:
     pending = [h.keys for h in t.pending_writes if not h.done()]
     if not pending or not len(keys):
         return np.zeros(len(keys), bool)
-    return np.isin(keys, np.concatenate(pending))
+    return t.member(keys, np.concatenate(pending))
 
 
 def _replicate_statically(ps, t, keys) -> None:
