@@ -1,6 +1,8 @@
 """jaxps: embedding tables in an adaptive parameter server over MPI, for JAX training.
 
-Public API only; the implementation lives in ``jaxps._src``.
+Public API only; the implementation lives in ``jaxps._src``. The parameter server itself
+needs only numpy and mpi4py; the trainer names (``SparseTrainer``, row optimizers, ...)
+import JAX on first use.
 """
 
 from ._src.errors import InputError as InputError
@@ -16,5 +18,22 @@ from ._src.techniques import Relocation as Relocation
 from ._src.techniques import Replication as Replication
 from ._src.techniques import Technique as Technique
 
-__all__ = ["Adaptive", "Classic", "Handle", "InputError", "Nups", "ParameterServer",
-           "ProtocolError", "Relocation", "Replication", "TECHNIQUES", "TableSpec", "Technique"]
+_TRAINER = {"SparseTrainer": "trainer", "Batch": "trainer", "EpochMetrics": "trainer",
+            "index_batch": "trainer", "bucket_size": "trainer", "RowOptimizer": "row_optim",
+            "row_optimizer": "row_optim", "row_adagrad": "row_optim", "row_adam": "row_optim"}
+
+
+def __getattr__(name):
+    # Lazy: the trainer needs JAX; a PS-only user (or a rank of a non-JAX job) should not
+    # pay for importing it.
+    if name in _TRAINER:
+        import importlib
+        module = importlib.import_module(f"jaxps._src.{_TRAINER[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module 'jaxps' has no attribute {name!r}")
+
+
+__all__ = ["Adaptive", "Batch", "Classic", "EpochMetrics", "Handle", "InputError", "Nups",
+           "ParameterServer", "ProtocolError", "Relocation", "Replication", "RowOptimizer",
+           "SparseTrainer", "TECHNIQUES", "TableSpec", "Technique", "bucket_size",
+           "index_batch", "row_adagrad", "row_adam", "row_optimizer"]

@@ -20,10 +20,12 @@ from .store import TableState
 from .tables import TableSpec
 from .transport import Transport
 
+WAIT_KINDS = ("pull", "push", "set", "localize", "intent", "drop", "sync", "barrier")
 STAT_KEYS = ("pull_local", "pull_remote", "push_local", "push_remote", "bytes_sent",
              "bytes_received", "messages_sent", "messages_received", "relocations",
              "relocations_out", "forwards", "replicas_created", "replicas_dropped",
-             "sync_rounds", "max_staleness", "wait_seconds")
+             "sync_rounds", "max_staleness", "wait_seconds",
+             *(f"wait_{kind}_seconds" for kind in WAIT_KINDS))
 
 
 class ParameterServer:
@@ -52,6 +54,13 @@ class ParameterServer:
     Thread-safety: all methods may be called from any thread; operations are applied
     in the order they take the PS's internal lock. Use as a context manager, or call
     ``close()`` (collective) at the end.
+
+    MPI in the caller's code: the PS serves other ranks from a background thread, which
+    needs the GIL. mpi4py's pickle-based reductions (``comm.allreduce``/``reduce``/
+    ``scan`` of Python objects) hold the GIL while they wait for other ranks, so a rank
+    inside one cannot serve its peers, and a peer that needs it first deadlocks. While a
+    PS is open use the buffer versions (``comm.Allreduce``), ``allgather``, or call
+    ``ps.barrier()`` first.
     """
 
     def __init__(self, tables: Mapping[str, TableSpec], *, technique="relocation",
@@ -67,8 +76,8 @@ class ParameterServer:
         self._comm = (MPI.COMM_WORLD if comm is None else comm).Clone()
         self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
         self._check_finite = check_finite
-        self._stats = dict.fromkeys(STAT_KEYS, 0)
-        self._stats["wait_seconds"] = 0.0
+        # The same keys on every rank, so that ranks can reduce them key by key.
+        self._stats = {k: 0.0 if k.startswith("wait_") else 0 for k in STAT_KEYS}
         self._specs = dict(tables)
         states = [TableState(name, i, tables[name], self.rank, self.size)
                   for i, name in enumerate(sorted(tables))]
@@ -288,7 +297,13 @@ class ParameterServer:
 
     @property
     def technique(self) -> str:
+        """Name of the management technique."""
         return self._technique.name
+
+    @property
+    def tables(self) -> dict[str, TableSpec]:
+        """Table name -> TableSpec, as given to the constructor."""
+        return dict(self._specs)
 
     # ----- waiting and synchronization --------------------------------------------------
     def wait(self, handle: Handle | None):
@@ -300,8 +315,7 @@ class ParameterServer:
             handle._event.wait()
             dt = time.perf_counter() - t0
             self._stats["wait_seconds"] += dt
-            self._stats[f"wait_{handle.kind}_seconds"] = (
-                self._stats.get(f"wait_{handle.kind}_seconds", 0.0) + dt)
+            self._stats[f"wait_{handle.kind}_seconds"] += dt
         return handle.result
 
     def wait_all(self) -> None:
@@ -339,7 +353,9 @@ class ParameterServer:
             done = self._engine.transport.barrier()
             t0 = time.perf_counter()
             done.wait()
-            self._stats["wait_seconds"] += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            self._stats["wait_seconds"] += dt
+            self._stats["wait_barrier_seconds"] += dt
 
     # ----- introspection ---------------------------------------------------------------
     def stats(self) -> dict:

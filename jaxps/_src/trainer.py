@@ -31,7 +31,7 @@ import numpy as np
 from .errors import InputError
 from .row_optim import RowOptimizer
 
-_NOT_COUNTERS = ("local_fraction", "max_staleness", "owned")  # ps.stats() entries not summed
+_NOT_COUNTERS = ("local_fraction", "max_staleness", "owned", "replicas")  # gauges, not counters
 
 
 class Batch(NamedTuple):
@@ -166,7 +166,7 @@ class SparseTrainer:
         self._opt = dict(optimizers)
         self._dims = {}
         for table, opt in self._opt.items():
-            spec = ps._specs.get(table) if hasattr(ps, "_specs") else None
+            spec = ps.tables.get(table)
             if spec is None:
                 raise InputError(f"SparseTrainer: no table {table!r} in the ParameterServer")
             if spec.state_dim != opt.state_dim(spec.dim):
