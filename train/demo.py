@@ -4,6 +4,8 @@ once per technique.
 Usage (the README's main job until KGE training lands):
     mpiexec -n 2 python -m train.demo [--clocks 200] [--keys 100000] [--dim 64]
     mpiexec -n 4 python -m train.demo --techniques all     # the issue-3 benchmark
+    mpiexec -n 2 python -m train.demo --record-trace runs/demo   # then: python -m
+        train.whatif runs/demo --ranks 8,16,64   (what the techniques would do on a cluster)
 
 Each rank walks through ``--clocks`` batches. A batch touches a few keys of a shared
 Zipf-skewed set plus a rank-private block; the rank declares its intent for batch t+1
@@ -35,10 +37,21 @@ def batches(rank: int, size: int, args, rng: np.random.Generator):
         yield np.concatenate([shared, block])
 
 
+def record(trace: list[np.ndarray], args, rank: int) -> None:
+    """Write this rank's access trace for train.whatif (the same for every technique)."""
+    from train.trace import TraceRecorder
+
+    with TraceRecorder(args.record_trace, rank, tables={"emb": (args.keys, 4 * args.dim)}) as rec:
+        for clock, keys in enumerate(trace):
+            rec.record(clock, "emb", keys)
+
+
 def run(technique: str, args, comm) -> dict:
     rank, size = comm.rank, comm.size
     spec = jaxps.TableSpec(args.keys, args.dim, init="zeros")
     trace = list(batches(rank, size, args, np.random.default_rng([args.seed, rank])))
+    if args.record_trace:
+        record(trace, args, rank)
     counts = np.zeros(args.keys, np.int64)
     for keys in trace:
         np.add.at(counts, keys, 1)
@@ -83,6 +96,8 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hot-fraction", type=float, default=0.01,
                    help="nups: share of keys (the most accessed) replicated everywhere")
+    p.add_argument("--record-trace", metavar="PREFIX", default="",
+                   help="also write the access trace (PREFIX.rankR.npz) for train.whatif")
     p.add_argument("--techniques", default="classic,relocation,adaptive",
                    help="comma-separated, or 'all' for " + ",".join(jaxps.TECHNIQUES))
     args = p.parse_args(argv)
