@@ -18,7 +18,7 @@ from .handles import Handle, completed
 from .protocol import Tag
 from .store import TableState
 from .tables import TableSpec
-from .transport import Transport
+from .transport import Transport, abort_now
 
 WAIT_KINDS = ("pull", "push", "set", "localize", "intent", "drop", "sync", "barrier")
 STAT_KEYS = ("pull_local", "pull_remote", "push_local", "push_remote", "bytes_sent",
@@ -111,8 +111,7 @@ class ParameterServer:
             # The other ranks would wait forever in close(): end the job with this error.
             sys.stderr.write(f"[jaxps rank {MPI.COMM_WORLD.Get_rank()}] aborting the job:\n")
             traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
-            sys.stderr.flush()
-            MPI.COMM_WORLD.Abort(1)
+            abort_now()
         self.close()
 
     def close(self) -> None:
@@ -427,13 +426,11 @@ def _install_abort_hooks() -> None:
         prev_hook(exc_type, exc, tb)
         sys.stderr.write(f"[jaxps rank {MPI.COMM_WORLD.Get_rank()}] uncaught exception: "
                          f"aborting the MPI job\n")
-        sys.stderr.flush()
-        MPI.COMM_WORLD.Abort(1)
+        abort_now()
 
     def thread_hook(args):
         traceback.print_exception(args.exc_type, args.exc_value, args.exc_traceback)
-        sys.stderr.flush()
-        MPI.COMM_WORLD.Abort(1)
+        abort_now()
 
     sys.excepthook = excepthook
     threading.excepthook = thread_hook

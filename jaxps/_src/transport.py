@@ -33,7 +33,15 @@ def abort_job(where: str) -> None:
     """Print the active exception and bring down every rank of the job."""
     sys.stderr.write(f"[jaxps rank {MPI.COMM_WORLD.Get_rank()}] fatal error in {where}:\n")
     traceback.print_exc(file=sys.stderr)
+    abort_now()
+
+
+def abort_now() -> None:
+    """MPI_Abort on COMM_WORLD, after giving the launcher time to forward what was printed
+    (Hydra kills every process at once, and output still in its pipes can be lost)."""
+    sys.stdout.flush()
     sys.stderr.flush()
+    time.sleep(0.5)
     MPI.COMM_WORLD.Abort(1)
 
 
