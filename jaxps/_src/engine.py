@@ -241,21 +241,17 @@ class Engine(ReplicaProtocol):
             t.hint[keys] = source
 
     # ----- relocation ----------------------------------------------------------------
-    def localize(self, t: TableState, keys: np.ndarray, h: Handle | None = None) -> Handle:
+    def localize(self, t: TableState, keys: np.ndarray) -> Handle:
         """Ask for ``keys`` (unique) to move here (lock held).
 
-        Returns a handle answered once per key as its rows arrive; keys already here or
-        on their way are answered at once. ``h``: answer this handle instead of a new one.
+        Returns a handle answered once per key that had to move, as its rows arrive.
         """
         slots = t.store.slot[keys]
         absent = slots == ABSENT
         if t.replicas is not None:  # PENDING keys are being decided (replica or move)
             absent &= t.replicas.slot[keys] != PENDING
         need = keys[absent]
-        if h is None:
-            h = self.new_handle("localize", t, len(need))
-        elif len(need) < len(keys):
-            self._answer(h.id, len(keys) - len(need))
+        h = self.new_handle("localize", t, len(need))
         if len(need):
             t.store.slot[need] = INCOMING
             m = Msg(Tag.LOCALIZE, t, h.id, self.rank, need, np.zeros(len(need), np.int64),

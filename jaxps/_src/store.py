@@ -158,8 +158,8 @@ class TableState:
       replicas: ReplicaStore, or None while the technique never replicates this table.
       holders: int16 [num_keys]  for owned keys: how many other ranks hold a replica
                (travels with the row on relocation; adaptive decisions use it).
-      promised: int16 [num_keys]  for owned keys: rank told to relocate the key (MOVE_OK)
-               whose localize has not arrived yet, else -1.
+      promised: int16 [num_keys]  for owned keys: rank the key is being relocated to on
+               this owner's decision (LOCALIZE sent to the home for it), else -1.
       intent_end: int32 [num_keys]  end clock of this rank's latest intent per key.
       sync: the in-flight sync round of this table's replicas (a Handle) or None.
     """
