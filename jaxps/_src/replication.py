@@ -123,7 +123,7 @@ class ReplicaProtocol:
         keys = t.replicas.keys()
         if not len(keys):
             return None
-        h = self.new_handle("sync", t, len(keys))
+        h = self.new_handle("sync", t, len(keys), keys=keys)
         h.started = self.clock
         self.stats["sync_rounds"] += 1
         self.serve(self.msg(Tag.SYNC, t, h, keys, t.replicas.take_deltas(keys)))

@@ -209,12 +209,18 @@ class ParameterServer:
         A write and a later read can take different routes once a key has moved (the
         read may go straight to the new owner while the write is still being
         forwarded), so a read waits for the acknowledgement of overlapping writes.
+        The same holds for the deltas of a sync round in flight once the key is no longer
+        replicated here (it became owned, or its replica was dropped).
         """
-        if not t.pending_writes:
+        sync = t.sync
+        if not t.pending_writes and (sync is None or sync.done()):
             return
         with self._engine.lock:
-            t.pending_writes = [h for h in t.pending_writes if not h.done()]
-            overlapping = [h for h in t.pending_writes if t.member(h.keys, keys).any()]
+            overlapping = [h for h in t.writes_in_flight() if t.member(h.keys, keys).any()]
+            if sync is not None and not sync.done():
+                unreplicated = keys[t.replicas.slot[keys] < 0]
+                if t.member(sync.keys, unreplicated).any():
+                    overlapping.append(sync)
         for h in overlapping:
             self.wait(h)
 

@@ -20,11 +20,14 @@ class RowStore:
       slot:   int32 [num_keys]   row index in ``values`` of an owned key, else ABSENT/INCOMING.
               4 bytes per key of directory; the rows themselves exist only for owned keys.
       values: float32 [capacity, width]  rows; capacity doubles when relocations fill it.
+      key_of: int64 [capacity]  key stored in each slot, -1 for a free slot (so the held
+              keys are listed in O(capacity), not O(num_keys): replicas are listed per clock).
     """
 
     def __init__(self, num_keys: int, width: int, capacity: int):
         self.slot = np.full(num_keys, ABSENT, np.int32)
         self.values = np.empty((max(capacity, 1), width), np.float32)
+        self.key_of = np.full(len(self.values), -1, np.int64)
         self._free = np.arange(len(self.values) - 1, -1, -1, dtype=np.int32)  # stack, top at end
         self._n_free = len(self._free)
 
@@ -33,19 +36,21 @@ class RowStore:
         return len(self.values) - self._n_free
 
     def owned_keys(self) -> np.ndarray:
-        """All keys this rank owns (int64, sorted). O(num_keys): not for hot paths."""
-        return np.flatnonzero(self.slot >= 0)
+        """All keys this rank holds (int64, sorted). O(capacity)."""
+        return np.sort(self.key_of[self.key_of >= 0])
 
     def insert(self, keys: np.ndarray, rows: np.ndarray) -> None:
         """Store rows for keys this rank does not hold yet (precondition: keys unique)."""
         slots = self._allocate(len(keys))
         self.values[slots] = rows
         self.slot[keys] = slots
+        self.key_of[slots] = keys
 
     def remove(self, keys: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """Give up owned keys (with their ``slots``); returns their rows (a copy)."""
         rows = self.values[slots]
         self.slot[keys] = ABSENT
+        self.key_of[slots] = -1
         self._release(slots)
         return rows
 
@@ -70,6 +75,7 @@ class RowStore:
         values = np.empty((new, self.values.shape[1]), np.float32)
         values[:old] = self.values
         self.values = values
+        self.key_of = np.concatenate([self.key_of, np.full(new - old, -1, np.int64)])
         free = np.empty(new, np.int32)
         free[:self._n_free] = self._free[:self._n_free]
         added = np.arange(new - 1, old - 1, -1, dtype=np.int32)
@@ -102,8 +108,8 @@ class ReplicaStore:
         return self._rows.num_owned
 
     def keys(self) -> np.ndarray:
-        """Keys with a ready replica (sorted). O(num_keys)."""
-        return np.flatnonzero(self._rows.slot >= 0)
+        """Keys with a ready replica (sorted). O(replica capacity)."""
+        return self._rows.owned_keys()
 
     def value(self, slots: np.ndarray) -> np.ndarray:
         return self._rows.values[slots, :self.width]
@@ -181,6 +187,11 @@ class TableState:
         self.intent_end = np.zeros(spec.num_keys, np.int32)
         self.sync = None
         self._mark = np.zeros(spec.num_keys, bool)
+
+    def writes_in_flight(self) -> list:
+        """This rank's unacknowledged remote writes (handles); drops finished ones. Lock held."""
+        self.pending_writes = [h for h in self.pending_writes if not h.done()]
+        return self.pending_writes
 
     def member(self, keys: np.ndarray, of: np.ndarray) -> np.ndarray:
         """Boolean mask: ``keys[i] in of``. O(len(keys) + len(of)) via a scratch array

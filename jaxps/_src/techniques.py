@@ -292,7 +292,12 @@ class Adaptive(Technique):
 
 
 def _keys_with_writes_in_flight(t, keys) -> np.ndarray:
-    pending = [h.keys for h in t.pending_writes if not h.done()]
+    """Keys with this rank's writes or sync deltas not yet acknowledged by the owner.
+    (A replica dropped and asked for again while its last sync is in flight could
+    otherwise come back without this rank's own updates.)"""
+    pending = [h.keys for h in t.writes_in_flight()]
+    if t.sync is not None and not t.sync.done():
+        pending.append(t.sync.keys)
     if not pending or not len(keys):
         return np.zeros(len(keys), bool)
     return t.member(keys, np.concatenate(pending))
