@@ -326,8 +326,9 @@ class SparseTrainer:
         rows, counts = {}, {}
         for t, h in handles.items():
             pulled = ps.wait(h)
-            padded = np.zeros((b.sizes[t], pulled.shape[1]), np.float32)
+            padded = _aligned_empty((b.sizes[t], pulled.shape[1]))
             padded[:len(pulled)] = pulled
+            padded[len(pulled):] = 0.0
             rows[t], counts[t] = padded, np.int32(len(pulled))
         loss, deltas = self._step(rows, counts, b.data)
         for t, k in b.keys.items():
@@ -335,6 +336,19 @@ class SparseTrainer:
                 ps.push_async(t, k, np.asarray(deltas[t])[:len(k)])
         ps.advance_clock()
         return loss
+
+
+def _aligned_empty(shape: tuple[int, int]) -> np.ndarray:
+    """A fresh float32 array whose data is 64-byte aligned.
+
+    JAX on the CPU uses such a numpy argument in place (zero-copy) instead of copying it
+    into a device buffer: for the rows of a batch this saves a copy of several MB per
+    step. Fresh per batch, because the step may still read it after ``_step`` returns.
+    """
+    n = shape[0] * shape[1] * 4
+    raw = np.empty(n + 64, np.uint8)
+    offset = (-raw.ctypes.data) % 64
+    return raw[offset:offset + n].view(np.float32).reshape(shape)
 
 
 def _stats_delta(before: dict, after: dict) -> dict:
