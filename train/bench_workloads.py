@@ -1,0 +1,207 @@
+"""Workloads of the benchmark harness (``python -m train.bench``): a small registry.
+
+A workload says how to build a training problem on each rank: its PS tables, row
+optimizers, a pure JAX loss over pulled rows, an endless batch source per rank, and the NuPS
+hot set at a given scale of its heuristic. The harness, the PS worker and the local baseline
+only see this interface, so a new workload is one ``register(Workload(...))`` call.
+
+Registered here: ``kge-zipf`` (a generated Zipf-skewed graph of 1M entities),
+``kge-zipf-small`` (the same generator at 30k entities, for ``--quick``), ``fb15k-237``
+(needs ``--data-root`` holding a ``fb15k-237/`` folder) and ``kge`` (``python -m
+train.kge``'s defaults, for parameters such as ``kge:data=umls,dim=64``). A workload name
+may carry parameters, ``NAME:key=value,...``, which override its settings. All train ComplEx with the KGE
+trainer's own pieces (``train/kge/train.py``: ``load``, ``epoch_batches``, ``make_loss``,
+``make_tables``; the NuPS heuristic of ``technique_for``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+from typing import Callable, Iterator, NamedTuple
+
+import numpy as np
+
+
+class BenchOptions(NamedTuple):
+    """What a workload may depend on besides its own definition (all ranks see the same)."""
+
+    data_root: str = ""   # folder holding real datasets (fb15k-237/, ...); "" = none
+    seed: int = 0
+    params: tuple = ()    # ((name, value), ...) from "workload:name=value,...": overrides
+
+
+class Problem(NamedTuple):
+    """One training problem as built on a rank.
+
+    Attributes:
+      tables: table name -> jaxps.TableSpec (parameter + optimizer-state columns).
+      optimizers: table name -> jaxps.RowOptimizer.
+      loss_fn: pure JAX ``(rows, data) -> scalar``, rows by position (see SparseTrainer).
+      batches: ``(rank, size) -> endless iterator of jaxps.Batch`` (this rank's share).
+      hot_keys: ``scale -> {table: keys}``: the NuPS hot set at ``scale`` x its heuristic.
+      info: sizes for the report (entities, relations, triples, dim, batch, ...).
+    """
+
+    tables: dict
+    optimizers: dict
+    loss_fn: Callable
+    batches: Callable[[int, int], Iterator]
+    hot_keys: Callable[[float], dict]
+    info: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """A registered workload.
+
+    Attributes:
+      name: the registry key (``--workloads NAME``).
+      help: one line for ``--list``.
+      unavailable: ``options -> None`` if it can run, else the reason (e.g. no data folder).
+      prepare: ``options -> None``: one-time work before any rank starts (generate or parse
+        and cache the data), run once by the harness in a plain process.
+      build: ``(options, comm) -> Problem``, on every rank (comm: MPI communicator).
+    """
+
+    name: str
+    help: str
+    unavailable: Callable[[BenchOptions], str | None]
+    prepare: Callable[[BenchOptions], None]
+    build: Callable[[BenchOptions, object], Problem]
+
+
+WORKLOADS: dict[str, Workload] = {}
+
+
+def register(workload: Workload) -> Workload:
+    """Add ``workload`` to the registry (its name must be new)."""
+    if workload.name in WORKLOADS:
+        raise ValueError(f"workload {workload.name!r} is already registered")
+    WORKLOADS[workload.name] = workload
+    return workload
+
+
+def parse(spec: str) -> tuple[Workload, tuple]:
+    """``"name"`` or ``"name:key=value,key=value"`` -> (the workload, its parameters).
+
+    Parameters override the workload's settings (for KGE: any ``KgeConfig`` field), e.g.
+    ``kge-zipf:synthetic_entities=200000,dim=64``.
+    """
+    name, _, rest = spec.partition(":")
+    if name not in WORKLOADS:
+        raise ValueError(f"unknown workload {name!r}; registered: {', '.join(WORKLOADS)}")
+    params = []
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"workload {spec!r}: parameters are key=value separated by commas, "
+                             f"got {item!r}")
+        params.append((key.strip(), value.strip()))
+    return WORKLOADS[name], tuple(params)
+
+
+# ----- KGE workloads -------------------------------------------------------------------------
+def kge_hot_keys(train: np.ndarray, num_entities: int, relation_rows: int,
+                 scale: float) -> dict:
+    """NuPS's KGE hot set at ``scale`` x the heuristic of ``train.kge.train.technique_for``:
+    every relation row and the ``scale`` % most frequent training entities (at least one)."""
+    counts = np.bincount(train[:, [0, 2]].ravel(), minlength=num_entities)
+    n_hot = min(num_entities, max(1, round(scale * (num_entities // 100))))
+    hot = np.argsort(-counts, kind="stable")[:n_hot]
+    return {"entity": np.sort(hot), "relation": np.arange(relation_rows)}
+
+
+def _kge_config(overrides: dict, options: BenchOptions):
+    """The workload's KgeConfig: its overrides, then the ``name:key=value`` parameters."""
+    from train.kge.config import KgeConfig
+    types = {f.name: f.type for f in dataclasses.fields(KgeConfig)}
+    params = {}
+    for key, value in options.params:
+        if key not in types:
+            raise ValueError(f"unknown KGE workload parameter {key!r}; valid: "
+                             f"{', '.join(sorted(types))}")
+        kind = {"int": int, "float": float, "str": str, "bool": _truth}[str(types[key])]
+        params[key] = kind(value)
+    return KgeConfig(**{"progress": False, "seed": options.seed, **overrides, **params})
+
+
+def _truth(value: str) -> bool:
+    if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+        raise ValueError(f"expected a boolean (true/false), got {value!r}")
+    return value.lower() in ("1", "true", "yes")
+
+
+def kge_workload(name: str, help: str, config: dict | Callable[[BenchOptions], dict], *,
+                 needs: str = "") -> Workload:
+    """A KGE workload from ``KgeConfig`` overrides (a dict, or ``options -> dict``).
+
+    ``needs``: a dataset folder name required under ``--data-root`` ("" for generated graphs).
+    """
+    overrides = config if callable(config) else (lambda options: config)
+
+    def unavailable(options: BenchOptions) -> str | None:
+        if not needs:
+            return None
+        if not options.data_root:
+            return f"needs --data-root with a {needs}/ folder"
+        if not (Path(options.data_root) / needs / "train.txt").is_file():
+            return f"no {Path(options.data_root) / needs / 'train.txt'}"
+        return None
+
+    def prepare(options: BenchOptions) -> None:
+        from mpi4py import MPI
+
+        from train.kge.train import load
+        load(_kge_config(overrides(options), options), MPI.COMM_SELF)
+
+    def build(options: BenchOptions, comm) -> Problem:
+        import models
+        from train.kge.train import epoch_batches, load, make_loss, make_tables
+
+        config = _kge_config(overrides(options), options)
+        dataset = load(config, comm)
+        train = dataset.splits["train"]
+        model = models.get_model(config.model)
+        tables, optimizers = make_tables(model, dataset, config)
+
+        # Reciprocal relations (inverse of p at row p + R) need R to build the batches.
+        extra = ({"num_relations": dataset.num_relations}
+                 if getattr(config, "reciprocal", False) else {})
+
+        def batches(rank: int, size: int):
+            for epoch in itertools.count(1):
+                yield from epoch_batches(train, dataset.num_entities, config, epoch, rank, size,
+                                         **extra)
+
+        def hot_keys(scale: float) -> dict:
+            return kge_hot_keys(train, dataset.num_entities, tables["relation"].num_keys, scale)
+
+        info = {"dataset": dataset.name, "entities": dataset.num_entities,
+                "relations": dataset.num_relations, "train_triples": len(train),
+                "model": config.model, "dim": config.dim, "batch_size": config.batch_size,
+                "negatives": config.negatives, "optimizer": config.optimizer, "lr": config.lr}
+        return Problem(tables, optimizers, make_loss(model, config), batches, hot_keys, info)
+
+    return Workload(name, help, unavailable, prepare, build)
+
+
+register(kge_workload(
+    "kge-zipf", "generated graph, 1M entities (Zipf 0.8), 100 relations, 2M triples; ComplEx "
+    "dim 128, batch 512, 256 shared negatives",
+    {"synthetic_entities": 1_000_000, "synthetic_relations": 100,
+     "synthetic_triples": 2_000_000, "dim": 128, "batch_size": 512, "negatives": 256}))
+register(kge_workload(
+    "kge-zipf-small", "generated graph, 30k entities (Zipf 0.8), 50 relations, 200k triples; "
+    "ComplEx dim 64, batch 512, 256 shared negatives (the --quick workload)",
+    {"synthetic_entities": 30_000, "synthetic_relations": 50,
+     "synthetic_triples": 200_000, "dim": 64, "batch_size": 512, "negatives": 256}))
+register(kge_workload(
+    "fb15k-237", "FB15k-237 from --data-root; ComplEx dim 128, batch 512, 256 shared negatives",
+    lambda options: {"data": str(Path(options.data_root) / "fb15k-237"), "dim": 128,
+                     "batch_size": 512, "negatives": 256},
+    needs="fb15k-237"))
+register(kge_workload(
+    "kge", "any KGE run: python -m train.kge's defaults (a generated 2,000-entity graph), "
+    "changed by parameters, e.g. kge:data=umls,dim=64 (names as KgeConfig's fields)", {}))
