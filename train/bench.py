@@ -88,16 +88,25 @@ def child_env() -> dict:
 
 
 def _run_with_timeout(cmd: list[str], timeout: float, log: Path) -> tuple[int | None, str]:
-    """Run ``cmd`` in its own process group; on timeout kill that group (mpiexec and its
-    ranks). Returns (exit status or None on timeout, the combined output); writes ``log``."""
+    """Run ``cmd`` in its own process group and end it after ``timeout`` seconds.
+
+    Returns (exit status, or None on timeout; the combined output) and writes ``log``.
+    Hydra starts each rank in a session of its own, so only mpiexec can end them: it gets
+    SIGTERM first (it then kills its ranks), and its group SIGKILL if still there 10 s later
+    (its proxies then end the ranks when the connection to mpiexec drops).
+    """
     proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
         code = proc.returncode
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
         code = None
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(f"$ {' '.join(cmd)}\n{out}")
