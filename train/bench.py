@@ -411,9 +411,9 @@ def plot(runs: list[dict], workload: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = _ok(runs, workload)
-    rank_counts = sorted({r["ranks"] for r in ok if r["technique"] != "local"})
-    techs = [t for t in TECHNIQUES if any(r["technique"] == t for r in ok)]
+    mine = [r for r in runs if r["workload"] == workload]
+    rank_counts = sorted({r["ranks"] for r in mine if r["technique"] != "local"})
+    techs = [t for t in TECHNIQUES if any(r["technique"] == t for r in mine)]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), dpi=110)
     width = 0.8 / max(len(rank_counts), 1)
     for i, n in enumerate(rank_counts):
@@ -422,6 +422,12 @@ def plot(runs: list[dict], workload: str, path: Path) -> None:
         axes[0].bar(xs, [b["examples_per_s"] if b else 0 for b in best], width,
                     label=f"{n} rank{'s' * (n > 1)}")
         axes[1].bar(xs, [b["local_fraction"] if b else 0 for b in best], width)
+        for x, t, b in zip(xs, techs, best):
+            failed = [r["status"] for r in runs if r["workload"] == workload
+                      and r["technique"] == t and r["ranks"] == n and r["status"] != "ok"]
+            if b is None and failed:  # a missing bar says why
+                for ax in axes:
+                    ax.text(x, 0, failed[0], rotation=90, ha="center", va="bottom", fontsize=7)
     local = _best(runs, workload, "local", 1)
     if local:
         axes[0].axhline(local["examples_per_s"], color="k", ls="--", lw=1, label="local (no PS)")
