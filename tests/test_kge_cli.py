@@ -58,6 +58,19 @@ def test_tiny_run_writes_metrics_and_learns(tiny_graph, tmp_path, capsys):
     assert all(path.stat().st_size > 0 for path in plot(out))
 
 
+def test_reciprocal_run_learns_and_exports_both_relation_tables(tiny_graph, tmp_path):
+    out = tmp_path / "rec"
+    summary = run(parse_args(["--data", str(tiny_graph), "--out", str(out), "--reciprocal",
+                              *TINY]))
+    assert summary["test"]["mrr"] > 3 * random_mrr(300), summary["test"]
+    assert summary["test"]["head"]["mrr"] > 3 * random_mrr(300), summary["test"]
+    forward = np.load(out / "relation_embeddings.npy")
+    inverse = np.load(out / "reciprocal_relation_embeddings.npy")
+    names = (out / "relation_ids.txt").read_text().splitlines()
+    assert forward.shape == inverse.shape == (len(names), 32)
+    assert not np.allclose(forward, inverse)
+
+
 def test_two_ranks_give_a_summary(tiny_graph, tmp_path):
     from tests.conftest import mpirun
 
@@ -97,6 +110,7 @@ def test_resume_continues_from_the_checkpoint(tiny_graph, tmp_path):
     ["--loss", "bce", "--dropout", "0.2", "--sampling", "local"],
     ["--loss", "margin", "--optimizer", "adam", "--lr", "0.01", "--reg-type", "l2"],
     ["--model", "distmult", "--lookahead", "0", "--technique", "classic", "--negatives", "1000"],
+    ["--reciprocal", "--dropout", "0.1", "--technique", "nups"],
 ])
 def test_training_options_run(options, tiny_graph, tmp_path):
     summary = run(parse_args(["--data", str(tiny_graph), "--dim", "16", "--epochs", "1",

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import mpi_eval_check as check  # tests/ is on sys.path, as for conftest
 from conftest import mpirun
-from train.kge.evaluate import build_filter, count_unseen, evaluate
+from train.kge.evaluate import build_filter, count_unseen, evaluate, reciprocal_scorers
 
 _CHECK_SCRIPT = Path(check.__file__).resolve()
 
@@ -126,6 +126,29 @@ def test_matches_brute_force(seed, num_entities, num_relations, batch_size, chun
     assert result["per_triple_ranks"]["head"].tolist() == head
     assert result["per_triple_ranks"]["tail"].tolist() == tail
     assert result["mrr"] == np.mean(1.0 / np.array(head + tail))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_reciprocal_scorers_rank_heads_with_the_inverse_relation(seed):
+    """Relation rows [p | p^-1]: tails are ranked with p, heads (?, p, o) as (o, p^-1, ?)."""
+    problem = check.make_problem(seed)
+    forward = problem["relations"]
+    inverse = np.random.default_rng(seed + 100).integers(-2, 3, forward.shape).astype(np.float32)
+    both = np.concatenate([forward, inverse], axis=1)
+    scorers = reciprocal_scorers(check.distmult_sp_)
+    result = evaluate(
+        problem["test"],
+        filter_index=build_filter(problem["known"], num_entities=problem["num_entities"],
+                                  num_relations=problem["num_relations"]),
+        entity_rows=lambda start, stop: problem["entities"][start:stop],
+        relation_rows=lambda ids: both[ids], score_sp_=scorers.score_sp_,
+        score__po=scorers.score__po, batch_size=4, chunk_size=5, return_ranks=True)
+    # DistMult is symmetric: (o, q, s) scores as (s, q, o), so heads ranked with p^-1 = q are
+    # the brute-force head ranks of the same graph with relation rows q.
+    _, tail = brute_force_ranks(problem)
+    head, _ = brute_force_ranks({**problem, "relations": inverse})
+    assert result["per_triple_ranks"]["tail"].tolist() == tail
+    assert result["per_triple_ranks"]["head"].tolist() == head
 
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 36, 37, 1000])

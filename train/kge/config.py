@@ -39,6 +39,9 @@ class KgeConfig:
     sampling: str = _opt("uniform", "uniform: negatives from all entities; local (NuPS): "
                          "from the entity rows this rank holds now, so sampling moves no "
                          "data (refreshed every 16 batches; equals uniform on 1 rank)", SAMPLINGS)
+    reciprocal: bool = _opt(False, "reciprocal relations (LibKGE's reciprocal_relations_model): "
+                            "a second embedding p^-1 per relation, and head queries (?, p, o) "
+                            "scored as tail queries (o, p^-1, ?)")
     dropout: float = _opt(0.0, "dropout rate on the embeddings of the batch's triples")
     lr: float = _opt(0.1, "learning rate")
     optimizer: str = _opt("adagrad", "row optimizer (its state lives in the PS rows)", OPTIMIZERS)

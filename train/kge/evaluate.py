@@ -73,6 +73,31 @@ def build_filter(*triple_sets: np.ndarray, num_entities: int, num_relations: int
     )
 
 
+class Scorers(NamedTuple):
+    """The two all-candidates scoring modes `evaluate` ranks with (pure JAX functions)."""
+    score_sp_: Callable  # (s [B, We], p [B, Wr], o_all [C, We]) -> [B, C]
+    score__po: Callable  # (s_all [C, We], p [B, Wr], o [B, We]) -> [B, C]
+
+
+def reciprocal_scorers(score_sp_: Callable) -> Scorers:
+    """Scorers of a reciprocal-relations model (LibKGE's `reciprocal_relations_model`).
+
+    Every relation p has a second embedding p^-1 for the inverse direction, and head queries
+    (?, p, o) are answered as tail queries (o, p^-1, ?) of the base model. Relation rows are
+    [p | p^-1] (width 2 Wr, e.g. `relation_rows` returning both rows side by side); the base
+    model's `score_sp_` scores both directions. Build the pair once and pass the same objects
+    to every `evaluate` call, so its compiled kernels are reused.
+    """
+
+    def forward(s, p, o_all):
+        return score_sp_(s, p[:, : p.shape[1] // 2], o_all)
+
+    def inverse(s_all, p, o):
+        return score_sp_(o, p[:, p.shape[1] // 2 :], s_all)
+
+    return Scorers(forward, inverse)
+
+
 def count_unseen(test: np.ndarray, train: np.ndarray) -> int:
     """Number of `test` triples whose subject or object occurs in no `train` triple."""
     test, train = np.asarray(test), np.asarray(train)

@@ -32,7 +32,8 @@ from jaxps._src.row_optim import ROW_OPTIMIZERS
 from train.kge import synthetic
 from train.kge.config import KgeConfig
 from train.kge.data import KgeDataset, load_dataset, user_cache_dir
-from train.kge.evaluate import build_filter, count_unseen, evaluate
+from train.kge.evaluate import (Scorers, build_filter, count_unseen, evaluate,
+                                reciprocal_scorers)
 
 _SNAPSHOT_FLOATS = 1 << 28  # evaluation copies the entity table when it is at most 1 GiB
 _MASKED = -1e30
@@ -58,13 +59,18 @@ def load(config: KgeConfig, comm: MPI.Comm) -> KgeDataset:
 
 
 def epoch_batches(train: np.ndarray, num_entities: int, config: KgeConfig, epoch: int,
-                  rank: int, size: int, local_pool=None):
+                  rank: int, size: int, local_pool=None, *, num_relations: int = 0):
     """This rank's batches of one epoch: ``Batch(keys, data)``; data indexes rows by position.
 
     data: s, p, o int32 [B] positions; neg int32 [K] positions; weight float32 [B] (0 pads
     the last batch to the same shape, so the step never recompiles for it); seed uint32
-    (dropout). ``local_pool``: ``() -> entity keys held here``, for local sampling.
+    (dropout); with ``config.reciprocal`` also p_inv int32 [B], the positions of the inverse
+    relations' rows (key p + num_relations). ``local_pool``: ``() -> entity keys held here``,
+    for local sampling.
     """
+    if config.reciprocal and num_relations < 1:
+        raise ValueError("epoch_batches: --reciprocal needs num_relations (the inverse of "
+                         "relation p is row p + num_relations)")
     perm = np.random.default_rng([config.seed, epoch]).permutation(len(train))
     mine = train[perm[rank::size]]
     rng = np.random.default_rng([config.seed, epoch, rank, 1])
@@ -84,11 +90,14 @@ def epoch_batches(train: np.ndarray, num_entities: int, config: KgeConfig, epoch
             neg = pool[rng.integers(0, len(pool), config.negatives)]
         else:
             neg = rng.integers(0, num_entities, config.negatives)
-        keys, pos = index_batch({"entity": (part[:, 0], part[:, 2], neg),
-                                 "relation": part[:, 1]})
+        relations = (part[:, 1], part[:, 1] + num_relations) if config.reciprocal else part[:, 1]
+        keys, pos = index_batch({"entity": (part[:, 0], part[:, 2], neg), "relation": relations})
         (s, o, n), p = pos["entity"], pos["relation"]
-        data = {"s": s, "p": p, "o": o, "neg": n, "weight": weight,
-                "seed": np.uint32(rng.integers(2**32))}
+        data = {"s": s, "o": o, "neg": n, "weight": weight, "seed": np.uint32(rng.integers(2**32))}
+        if config.reciprocal:
+            data["p"], data["p_inv"] = p
+        else:
+            data["p"] = p
         yield Batch(keys, data, len(mine[start:start + b]))
 
 
@@ -120,22 +129,29 @@ def make_loss(model: models.KgeModel, config: KgeConfig):
     def loss_fn(rows, data):
         ent, rel = rows["entity"], rows["relation"]
         s, p, o, neg = ent[data["s"]], rel[data["p"]], ent[data["o"]], ent[data["neg"]]
+        # Reciprocal: the head query (?, p, o) is the tail query (o, p^-1, ?) of its own row.
+        p_inv = rel[data["p_inv"]] if config.reciprocal else p
         if config.dropout:
             key = jax.random.PRNGKey(data["seed"])
             keep = 1.0 - config.dropout
-            s, p, o = (jnp.where(jax.random.bernoulli(k, keep, x.shape), x / keep, 0.0)
-                       for k, x in zip(jax.random.split(key, 3), (s, p, o)))
-        pos = model.score_spo(s, p, o)
+            s, p, o, p_inv = (jnp.where(jax.random.bernoulli(k, keep, x.shape), x / keep, 0.0)
+                              for k, x in zip(jax.random.split(key, 4), (s, p, o, p_inv)))
         tail = model.score_sp_(s, p, neg)
-        head = model.score__po(neg, p, o)
+        if config.reciprocal:
+            pos_tail, pos_head = model.score_spo(s, p, o), model.score_spo(o, p_inv, s)
+            head = model.score_sp_(o, p_inv, neg)
+        else:
+            pos_tail = pos_head = model.score_spo(s, p, o)
+            head = model.score__po(neg, p, o)
         # A shared negative equal to the true answer is not a negative.
         tail = jnp.where(data["neg"][None, :] == data["o"][:, None], _MASKED, tail)
         head = jnp.where(data["neg"][None, :] == data["s"][:, None], _MASKED, head)
         w = data["weight"]
-        total = jnp.sum(w * (direction_loss(pos, tail) + direction_loss(pos, head)))
+        total = jnp.sum(w * (direction_loss(pos_tail, tail) + direction_loss(pos_head, head)))
         if config.reg:
             wr = w[:, None]
-            total += config.reg * (regularizer(wr * s) + regularizer(wr * p) + regularizer(wr * o))
+            parts = (s, p, o, p_inv) if config.reciprocal else (s, p, o)
+            total += config.reg * sum(regularizer(wr * x) for x in parts)
         return total / jnp.maximum(jnp.sum(w), 1.0)
 
     return loss_fn
@@ -150,7 +166,8 @@ def make_tables(model, dataset: KgeDataset, config: KgeConfig):
     else:
         opt = ROW_OPTIMIZERS[config.optimizer](config.lr)
     widths = {"entity": model.entity_width(config.dim), "relation": model.relation_width(config.dim)}
-    sizes = {"entity": dataset.num_entities, "relation": dataset.num_relations}
+    sizes = {"entity": dataset.num_entities,
+             "relation": dataset.num_relations * (2 if config.reciprocal else 1)}
     tables = {t: TableSpec(sizes[t], widths[t], init="normal", init_scale=config.init_scale,
                            state_dim=opt.state_dim(widths[t]), state_init=opt.state_init,
                            seed=config.seed) for t in sizes}
@@ -165,8 +182,8 @@ def technique_for(config: KgeConfig, dataset: KgeDataset):
     train = dataset.splits["train"]
     counts = np.bincount(train[:, [0, 2]].ravel(), minlength=dataset.num_entities)
     hot = np.argsort(-counts, kind="stable")[:max(1, dataset.num_entities // 100)]
-    return jaxps.Nups(hot_keys={"entity": np.sort(hot),
-                                "relation": np.arange(dataset.num_relations)})
+    relations = dataset.num_relations * (2 if config.reciprocal else 1)
+    return jaxps.Nups(hot_keys={"entity": np.sort(hot), "relation": np.arange(relations)})
 
 
 def read_table(ps: ParameterServer, table: str, *, columns: int | None = None,
@@ -183,7 +200,14 @@ def write_table(ps: ParameterServer, table: str, rows: np.ndarray, *, chunk: int
         ps.set(table, np.arange(a, min(a + chunk, len(rows))), rows[a:a + chunk])
 
 
-def run_evaluation(ps, model, widths, triples, filter_index, config, comm) -> dict:
+def scorers_for(model: models.KgeModel, config: KgeConfig) -> Scorers:
+    """The evaluation scorers; with --reciprocal, relation rows are read as [p | p^-1]."""
+    if config.reciprocal:
+        return reciprocal_scorers(model.score_sp_)
+    return Scorers(model.score_sp_, model.score__po)
+
+
+def run_evaluation(ps, scorers: Scorers, widths, triples, filter_index, config, comm) -> dict:
     """Filtered ranking metrics of ``triples``; collective over ``comm`` (ranks split queries)."""
     ps.wait_sync()  # every rank's pushes are applied (replicas too) before anyone reads
     # Rows are read before `evaluate` (whose Allgatherv is a blocking collective, see run()).
@@ -195,11 +219,14 @@ def run_evaluation(ps, model, widths, triples, filter_index, config, comm) -> di
     else:
         entity_rows = lambda a, b: ps.pull("entity", np.arange(a, b))[:, :widths["entity"]]
     relations = read_table(ps, "relation", columns=widths["relation"])
+    if config.reciprocal:  # row p + R is p^-1: rows [p | p^-1] for reciprocal_scorers
+        half = len(relations) // 2
+        relations = np.concatenate([relations[:half], relations[half:]], axis=1)
     relation_rows = lambda ids: relations[ids]
     ps.barrier()  # every rank has its copy before any enters evaluate's collectives
     result = evaluate(triples, filter_index=filter_index, entity_rows=entity_rows,
-                      relation_rows=relation_rows, score_sp_=model.score_sp_,
-                      score__po=model.score__po, batch_size=config.eval_batch_size, comm=comm)
+                      relation_rows=relation_rows, score_sp_=scorers.score_sp_,
+                      score__po=scorers.score__po, batch_size=config.eval_batch_size, comm=comm)
     ps.barrier()  # no rank trains on while another still reads the rows it evaluated
     return result
 
@@ -238,7 +265,7 @@ def load_checkpoint(ps, out: Path, comm) -> int:
                 if ckpt[table].shape != want:
                     raise ValueError(f"{path}: table {table!r} has shape {ckpt[table].shape}, "
                                      f"this run needs {want}; resume with the same --data, "
-                                     "--model, --dim and --optimizer")
+                                     "--model, --dim, --optimizer and --[no-]reciprocal")
                 write_table(ps, table, ckpt[table])
             epoch = int(ckpt["epoch"])
     ps.wait_sync()
@@ -246,9 +273,16 @@ def load_checkpoint(ps, out: Path, comm) -> int:
 
 
 def export_embeddings(ps, out: Path, dataset: KgeDataset, widths: dict) -> None:
-    """Rank 0: entity/relation embeddings as .npy plus id maps (one name per line)."""
+    """Rank 0: entity/relation embeddings as .npy plus id maps (one name per line).
+
+    With reciprocal relations, relation_embeddings.npy holds the forward rows and
+    reciprocal_relation_embeddings.npy the inverse ones (row i: the inverse of relation i).
+    """
     for table, names in (("entity", dataset.entity_ids), ("relation", dataset.relation_ids)):
-        np.save(out / f"{table}_embeddings.npy", read_table(ps, table, columns=widths[table]))
+        rows = read_table(ps, table, columns=widths[table])
+        np.save(out / f"{table}_embeddings.npy", rows[:len(names)])
+        if len(rows) > len(names):
+            np.save(out / f"reciprocal_{table}_embeddings.npy", rows[len(names):])
         (out / f"{table}_ids.txt").write_text("".join(f"{x}\n" for x in names), encoding="utf-8")
 
 
@@ -295,6 +329,7 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
         out.mkdir(parents=True, exist_ok=True)
     tables, optimizers = make_tables(model, dataset, config)
     widths = {t: spec.dim for t, spec in tables.items()}
+    scorers = scorers_for(model, config)
     history: list[dict] = []
     train_stats: dict = {}
     with ParameterServer(tables, technique=technique_for(config, dataset), comm=comm) as ps:
@@ -323,7 +358,7 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
                       "ps": stats}
             if valid is not None and config.eval_every and epoch % config.eval_every == 0 \
                     and epoch != config.epochs:
-                record["valid"] = _short(run_evaluation(ps, model, widths, valid,
+                record["valid"] = _short(run_evaluation(ps, scorers, widths, valid,
                                                         filter_index, config, comm))
             history.append(record)
             say(_epoch_line(record, config), flush=True)
@@ -334,7 +369,7 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
         final = {}
         for split, triples in (("valid", valid), ("test", test)):
             if triples is not None:
-                final[split] = _short(run_evaluation(ps, model, widths, triples, filter_index,
+                final[split] = _short(run_evaluation(ps, scorers, widths, triples, filter_index,
                                                      config, comm))
         ps.wait_sync()
         if out is not None and rank == 0:
@@ -367,7 +402,8 @@ def _train_epoch(trainer, train, dataset, config, epoch, rank, size):
         pool = ((lambda: trainer.ps.owned_keys("entity"))
                 if config.sampling == "local" and size > 1 else None)
         return trainer.train_epoch(
-            epoch_batches(train, dataset.num_entities, config, epoch, rank, size, pool),
+            epoch_batches(train, dataset.num_entities, config, epoch, rank, size, pool,
+                          num_relations=dataset.num_relations),
             on_batch=None if bar is None else (lambda n, loss: bar.update(1)))
     finally:
         if bar is not None:
