@@ -10,9 +10,14 @@ receives it, split over its keys with vectorized masks:
     which always knows the current owner. After ``MAX_HOPS`` forwards a request goes
     to the home, so stale hints cannot make it circle.
 
-Relocation (``localize``) is requester -> home -> old owner -> requester: at most three
-messages. The home updates the owner when it receives the request, so it is always
-authoritative; the old owner leaves a hint pointing to the new owner.
+Relocation (``localize``) is requester -> home -> owner -> requester: three messages on
+the way, plus an OWNER update from the old owner to the home. An owner that decides by
+itself to hand a key over (adaptive, on an INTENT) sends it straight to the requester:
+two messages on the way. Either way the old owner leaves a hint pointing to the new
+owner and tells the home, with the key's relocation counter, which travels with the row;
+the home keeps the newest update it has seen (as the reference implementation does), so
+what it knows is never older than a hand-over it was told about, and a request it
+forwards follows the hints of the hand-overs after that to the key.
 
 Concurrency: all state is guarded by one re-entrant lock, taken by the user's thread
 for local operations and by the transport thread for each message. Messages a rank
@@ -22,6 +27,7 @@ sends to itself are dispatched inline.
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
@@ -33,6 +39,7 @@ from .replication import ReplicaProtocol
 from .store import ABSENT, INCOMING, PENDING, TableState
 
 MAX_HOPS = 4
+OWNER_BATCH_S = 2e-3  # how long OWNER updates wait to be sent together
 _KEEP = object()  # Msg.replace: leave rows as they are
 USER_TAGS = frozenset({Tag.PULL, Tag.PUSH, Tag.SET})  # requests a rank's own replicas serve
 
@@ -80,6 +87,11 @@ class Engine(ReplicaProtocol):
         self._next_req = 0
         self.clock = 0         # this rank's clock (owner-side intent decisions read it)
         self.transport = None  # set by the server when size > 1
+        self._owner_updates: list[Msg] = []  # OWNER messages batched (OWNER_BATCH_S)
+        self._owner_since = 0.0
+        # Called (lock held) after a write or sync of this rank was acknowledged; the
+        # adaptive technique retries requests that waited for one.
+        self.on_ack = lambda: None
 
     # ----- handles -----------------------------------------------------------------
     def new_handle(self, kind: str, t: TableState, remaining: int, **kw) -> Handle:
@@ -145,13 +157,19 @@ class Engine(ReplicaProtocol):
             elif m.tag is Tag.WRITE_ACK:
                 self._learn_owner(m.table, m.keys, source)
                 self._answer(m.req, len(m.keys))
+                self.on_ack()
             elif m.tag is Tag.LOCALIZE:
                 self._on_localize(m)
+            elif m.tag is Tag.OWNER:
+                self._on_owner(m)
             elif m.tag is Tag.TRANSFER:
                 self._on_transfer(m)
             elif m.tag is Tag.SYNC_REPLY:
+                self._learn_owner(m.table, m.keys, source)  # where the next sync goes
                 self.on_sync_reply(m)
+                self.on_ack()
             elif m.tag is Tag.REPLICA:
+                self._learn_owner(m.table, m.keys, source)
                 self.on_replica(m)
             else:
                 raise ProtocolError(f"rank {self.rank}: unexpected tag {m.tag!r}")
@@ -172,6 +190,9 @@ class Engine(ReplicaProtocol):
         if own.any():
             self._apply(m.subset(own), slots[own])
         wait = slots == INCOMING
+        if m.tag is Tag.RELOCATE and m.aux == self.rank:
+            # The hand-over to this rank itself: it chases the key, which is elsewhere.
+            wait[:] = False
         if t.replicas is not None:
             rslots = t.replicas.slot[m.keys]
             if m.origin == self.rank and m.tag in USER_TAGS:
@@ -188,9 +209,6 @@ class Engine(ReplicaProtocol):
             t.queue.append(m.subset(wait))
         rest = ~(own | wait)
         if rest.any():
-            if m.tag is Tag.RELOCATE:
-                raise ProtocolError(f"rank {self.rank}: asked to relocate key "
-                                    f"{m.keys[rest][0]} of {t.name!r} which it does not hold")
             self._forward(m.subset(rest))
 
     def _apply(self, m: Msg, slots: np.ndarray) -> None:
@@ -205,17 +223,65 @@ class Engine(ReplicaProtocol):
             store.values[slots] = m.rows
             self.send(m.origin, m.replace(rows=None, hops=0), Tag.WRITE_ACK)
         elif m.tag is Tag.RELOCATE:
-            t = m.table
-            rows = store.remove(m.keys, slots)
-            holders = t.holders[m.keys].astype(np.int64)
-            t.holders[m.keys] = 0
-            t.promised[m.keys] = -1
-            t.hint[m.keys] = m.aux
-            self.stats["relocations_out"] += len(m.keys)
-            self.send(m.aux, m.replace(rows=rows, pos=holders, hops=0),
-                      Tag.TRANSFER)
+            if m.aux == self.rank:
+                raise ProtocolError(f"rank {self.rank}: asked to relocate key {m.keys[0]} "
+                                    f"of {m.table.name!r} to itself, which owns it")
+            self.hand_over(m, slots, m.aux)
         else:
             self.apply_owner(m, slots)
+
+    def hand_over(self, m: Msg, slots: np.ndarray, to: int) -> None:
+        """Move owned keys ``m.keys`` (at ``slots``) to rank ``to``: TRANSFER the rows
+        (answering request ``m.req`` there), leave a hint, tell the homes (lock held)."""
+        t = m.table
+        rows = t.store.remove(m.keys, slots)
+        version = t.version[m.keys] + 1
+        pos = protocol.versioned(version, t.holders[m.keys])
+        t.holders[m.keys] = 0
+        t.hint[m.keys] = to
+        self.stats["relocations_out"] += len(m.keys)
+        self.send(to, m.replace(tag=Tag.TRANSFER, rows=rows, pos=pos, hops=0))
+        update = Msg(Tag.OWNER, t, 0, self.rank, m.keys,
+                     protocol.versioned(version, np.full(len(m.keys), to)))
+        home = m.keys % self.size
+        mine = home == self.rank
+        if mine.any():
+            self._on_owner(update.subset(mine))
+        if not mine.all():
+            # Batched for OWNER_BATCH_S (or until the next clock tick): one message per
+            # home instead of one per decision; meanwhile the hints route requests.
+            if not self._owner_updates:
+                self._owner_since = time.monotonic()
+            self._owner_updates.append(update.subset(~mine))
+
+    def poll(self) -> None:
+        """Transport callback, once per loop: sends OWNER updates batched long enough."""
+        if self._owner_updates and time.monotonic() - self._owner_since >= OWNER_BATCH_S:
+            with self.lock:
+                self.flush_owner_updates()
+
+    def flush_owner_updates(self) -> None:
+        """Send the batched OWNER updates, one message per table and home (lock held)."""
+        updates, self._owner_updates = self._owner_updates, []
+        by_table: dict[int, list[Msg]] = {}
+        for u in updates:
+            by_table.setdefault(u.table.index, []).append(u)
+        for parts in by_table.values():
+            t = parts[0].table
+            keys = np.concatenate([u.keys for u in parts])
+            pos = np.concatenate([u.pos for u in parts])
+            self.send_grouped((keys % self.size).astype(np.int32),
+                              Msg(Tag.OWNER, t, 0, self.rank, keys, pos))
+
+    def _on_owner(self, m: Msg) -> None:
+        """At the home: new owners of ``m.keys``; an update older than one already seen
+        (a lower relocation counter) is ignored."""
+        t = m.table
+        idx = m.keys // self.size
+        version, owner = protocol.split_versioned(m.pos)
+        newer = version > t.owner_version[idx]
+        t.owner[idx[newer]] = owner[newer]
+        t.owner_version[idx[newer]] = version[newer]
 
     def _forward(self, m: Msg) -> None:
         t = m.table
@@ -257,6 +323,8 @@ class Engine(ReplicaProtocol):
         need = keys[absent]
         h = self.new_handle("localize", t, len(need))
         if len(need):
+            # The home must learn of this rank's hand-overs before its LOCALIZE (FIFO).
+            self.flush_owner_updates()
             t.store.slot[need] = INCOMING
             m = Msg(Tag.LOCALIZE, t, h.id, self.rank, need, np.zeros(len(need), np.int64),
                     aux=self.rank)
@@ -264,15 +332,17 @@ class Engine(ReplicaProtocol):
         return h
 
     def _on_localize(self, m: Msg) -> None:
-        """At the home: record the new owner, tell the current owner to hand over."""
+        """At the home: tell the owner it knows of to hand the keys over to the requester.
+
+        The requester's own OWNER updates reach the home before its LOCALIZE (per-pair
+        FIFO), so the home never believes the requester owns a key it asks for.
+        """
         t = m.table
-        idx = m.keys // self.size
-        current = t.owner[idx]
+        current = t.owner[m.keys // self.size]
         if (current == m.aux).any():
             k = m.keys[current == m.aux][0]
             raise ProtocolError(f"rank {m.aux} asked to localize key {k} of {t.name!r} "
                                 f"it already owns or expects")
-        t.owner[idx] = m.aux
         self.send_grouped(current, m.replace(tag=Tag.RELOCATE, hops=0))
 
     def _on_transfer(self, m: Msg) -> None:
@@ -284,9 +354,11 @@ class Engine(ReplicaProtocol):
         if not expected.all():
             raise ProtocolError(f"rank {self.rank}: unexpected transfer of {t.name!r} key "
                                 f"{m.keys[~expected][0]}")
-        rows, holders = self.merge_own_replicas(t, m.keys, m.rows, m.pos)
+        version, holders = protocol.split_versioned(m.pos)
+        rows, holders = self.merge_own_replicas(t, m.keys, m.rows, holders)
         t.store.insert(m.keys, rows)
         t.holders[m.keys] = holders
+        t.version[m.keys] = version
         t.hint[m.keys] = self.rank
         self.stats["relocations"] += len(m.keys)
         self._answer(m.req, len(m.keys))

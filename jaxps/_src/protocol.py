@@ -27,15 +27,19 @@ class Tag(enum.IntEnum):
     SET = 4         # origin -> owner: overwrite rows            -> WRITE_ACK
     WRITE_ACK = 5   # owner -> origin: these keys were applied
     LOCALIZE = 6    # requester -> home: move keys to requester (aux = requester)
-    RELOCATE = 7    # home -> current owner: hand keys over to aux
-    TRANSFER = 8    # old owner -> new owner: the rows (req/origin of the localize);
-                    #   pos = replica holder count of each key (adaptive bookkeeping)
+    RELOCATE = 7    # home -> owner it knows: hand keys over to aux; forwarded like a
+                    #   PULL (hints, home) if the keys moved on meanwhile
+    TRANSFER = 8    # old owner -> new owner: the rows (req/origin of the localize or
+                    #   intent); pos = transfer_pos(relocation counter, replica holders)
     SYNC = 9        # replica -> owner: add delta rows, answer fresh rows  -> SYNC_REPLY
     SYNC_REPLY = 10 # owner -> replica: fresh rows
-    INTENT = 11     # rank -> owner: will use these keys soon -> REPLICA, or LOCALIZE to
-                    #   the home on the rank's behalf (aux = rank) and later a TRANSFER
+    INTENT = 11     # rank -> owner: will use these keys soon -> REPLICA, or the owner
+                    #   hands the keys over at once (TRANSFER, and OWNER to the home)
     REPLICA = 12    # owner -> rank: rows for a new replica (others use the keys too)
     DROP = 14       # replica -> owner: residual delta of a dropped replica -> WRITE_ACK
+    OWNER = 15      # old owner -> home: new owners of keys; pos = versioned(relocation
+                    #   counter, new owner); the home ignores updates older than the newest
+                    #   it has seen. Batched: sent every 2 ms at most, and at clock ticks.
 
 
 REQUESTS = frozenset({Tag.PULL, Tag.PUSH, Tag.SET, Tag.RELOCATE, Tag.SYNC, Tag.INTENT,
@@ -59,6 +63,20 @@ class H(enum.IntEnum):
 
 HEADER_WORDS = len(H)
 HEADER_BYTES = 8 * HEADER_WORDS
+
+
+_LOW_BITS = 16  # replica holders (int16 at the owner) or a rank (< 2**16 ranks)
+
+
+def versioned(version: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """The per-key ``pos`` word of TRANSFER (relocation counter, replica holders) and
+    OWNER (relocation counter, new owner)."""
+    return (version.astype(np.int64) << _LOW_BITS) | low.astype(np.int64)
+
+
+def split_versioned(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(relocation counter, low part) from a ``versioned`` word."""
+    return pos >> _LOW_BITS, pos & ((1 << _LOW_BITS) - 1)
 
 
 def pack(table: int, req: int, origin: int, keys: np.ndarray, pos: np.ndarray,

@@ -9,11 +9,12 @@ once (messages are forwarded and queued like pushes when the owner moves).
 
 Adaptive placement (``_decide`` at the owner): a rank asks the owner for keys it intends
 to use soon (INTENT) and marks them PENDING. If another rank uses a key too -- the owner
-itself has an active intent, replicas exist, or the key was just promised to another
-rank -- the owner answers with a REPLICA. Otherwise it asks the key's home to relocate
-the key to the requester (a LOCALIZE on the requester's behalf), so the home stays the
-only place that orders ownership; the requester queues requests for its PENDING keys
-until the TRANSFER arrives. The count of replica holders travels with the row.
+itself has an active intent, replicas exist, or did within the last clocks -- the owner
+answers with a REPLICA.
+Otherwise it hands the key over to the requester at once (TRANSFER, and an OWNER update
+to the key's home); the requester queues requests for its PENDING keys until the
+TRANSFER arrives, and requests that reach the old owner meanwhile follow its hint. The
+count of replica holders and the relocation counter travel with the row.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import numpy as np
 from .handles import Handle
 from .protocol import Tag
 from .store import ABSENT, PENDING, TableState
+
+
+SHARED_MEMORY = 2  # clocks an owner remembers that a key was shared
 
 
 class ReplicaProtocol:
@@ -61,21 +65,20 @@ class ReplicaProtocol:
         if m.origin == self.rank:  # own intent came back after the key moved here
             self._answer(m.req, len(m.keys))
             return
-        promised = t.promised[m.keys]
+        # Shared: the owner uses the key, replicas exist, or another rank had it
+        # replicated within SHARED_MEMORY clocks (a hot key stays put and is copied,
+        # instead of moving to each rank that asks first in a quiet moment).
         shared = ((t.intent_end[m.keys] > self.clock) | (t.holders[m.keys] > 0)
-                  | ((promised >= 0) & (promised != m.origin)))
+                  | (t.shared_at[m.keys] + SHARED_MEMORY >= self.clock))
         if shared.any():
             keys = m.keys[shared]
             t.holders[keys] += 1
+            t.shared_at[keys] = self.clock
             self.send(m.origin, m.subset(shared).replace(hops=0,
                                                     rows=t.store.values[slots[shared]]),
                       Tag.REPLICA)
         if not shared.all():
-            move = m.subset(~shared)
-            t.promised[move.keys] = m.origin
-            self.send_grouped((move.keys % self.size).astype(np.int32),
-                              move.replace(tag=Tag.LOCALIZE, hops=0, rows=None,
-                                                  aux=m.origin))
+            self.hand_over(m.subset(~shared), slots[~shared], m.origin)
 
     # ----- at the requester: answers to INTENT, SYNC ----------------------------------------
     def on_replica(self, m) -> None:

@@ -97,7 +97,8 @@ class ParameterServer:
             if abort_on_error:
                 _install_abort_hooks()
             self._abort_on_error = abort_on_error
-            self._engine.transport = Transport(self._comm, self._engine.on_message, self._stats)
+            self._engine.transport = Transport(self._comm, self._engine.on_message, self._stats,
+                                               poll=self._engine.poll)
             self._engine.transport.start()
         else:
             self._abort_on_error = False
@@ -267,6 +268,7 @@ class ParameterServer:
             self._clock += 1
             eng.clock = self._clock
             self._technique.on_clock(self, self._clock)
+            eng.flush_owner_updates()
         if self._technique.replicates:
             for t in eng.tables:
                 if t.replicas is not None:
@@ -356,6 +358,8 @@ class ParameterServer:
 
     def barrier(self) -> None:
         """Collective: wait for own operations, then for every rank to arrive."""
+        with self._engine.lock:
+            self._engine.flush_owner_updates()
         self.wait_all()
         if self.size > 1:
             done = self._engine.transport.barrier()

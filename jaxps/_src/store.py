@@ -155,8 +155,11 @@ class TableState:
     Fields:
       store:   RowStore of owned rows.
       owner:   int32 [ceil(num_keys / size)]  for keys whose home is this rank
-               (key k has home k % size, entry k // size): the current owner, always
-               up to date because every relocation is requested through the home.
+               (key k has home k % size, entry k // size): the owner as of the newest
+               OWNER update; ``owner_version`` is that update's relocation counter
+               (updates from different old owners can arrive out of order; older ones
+               are ignored). The rank it names holds the key, or handed it on and
+               left a hint, so a request forwarded there reaches the key.
       hint:    int32 [num_keys]  location cache: last known owner of each key (or the
                rank it was handed to). Only a hint: a stale entry costs a forward.
       queue:   requests for INCOMING keys, kept in arrival order until the rows arrive.
@@ -164,9 +167,11 @@ class TableState:
       replicas: ReplicaStore, or None while the technique never replicates this table.
       holders: int16 [num_keys]  for owned keys: how many other ranks hold a replica
                (travels with the row on relocation; adaptive decisions use it).
-      promised: int16 [num_keys]  for owned keys: rank the key is being relocated to on
-               this owner's decision (LOCALIZE sent to the home for it), else -1.
+      version: int32 [num_keys]  for owned keys: the relocation counter (times the
+               key changed owner); travels with the row, +1 per hand-over.
       intent_end: int32 [num_keys]  end clock of this rank's latest intent per key.
+      shared_at: int32 [num_keys]  for owned keys: this rank's clock when it last gave
+               out a replica of the key (adaptive: recently shared keys stay put).
       sync: the in-flight sync round of this table's replicas (a Handle) or None.
     """
 
@@ -178,13 +183,15 @@ class TableState:
             chunk = home_keys[start:start + _INIT_CHUNK]
             self.store.insert(chunk, initial_rows(spec, name, chunk))
         self.owner = np.full(len(home_keys), rank, np.int32)
+        self.owner_version = np.zeros(len(home_keys), np.int32)
         self.hint = (np.arange(spec.num_keys, dtype=np.int64) % size).astype(np.int32)
         self.queue: list = []
         self.pending_writes: list = []
         self.replicas: ReplicaStore | None = None
         self.holders = np.zeros(spec.num_keys, np.int16)
-        self.promised = np.full(spec.num_keys, -1, np.int16)
+        self.version = np.zeros(spec.num_keys, np.int32)
         self.intent_end = np.zeros(spec.num_keys, np.int32)
+        self.shared_at = np.full(spec.num_keys, -(1 << 30), np.int32)
         self.sync = None
         self._mark = np.zeros(spec.num_keys, bool)
 

@@ -256,6 +256,13 @@ class Adaptive(Technique):
     def setup(self, ps):
         for t in ps._engine.tables:
             t.enable_replicas()
+        self._retry = False
+        ps._engine.on_ack = lambda: self._on_ack(ps)
+
+    def _on_ack(self, ps):
+        if self._retry:  # requests held back for writes in flight: maybe free now
+            self._retry = False
+            self._act(ps, ps.clock)
 
     def localize(self, ps, t, keys):
         return ps._engine.localize(t, keys)
@@ -284,8 +291,9 @@ class Adaptive(Technique):
             keys = keys[(t.store.slot[keys] == -1) & (t.replicas.slot[keys] == -1)]
             keys = keys[t.intent_end[keys] > clock]
             busy = _keys_with_writes_in_flight(t, keys)
-            if busy.any():  # a replica fetched now could miss them: retry next clock
-                self._book.add(t, keys[busy], clock + 1, int(t.intent_end[keys[busy]].max()))
+            if busy.any():  # a replica fetched now could miss them: retry after an ack
+                self._book.add(t, keys[busy], clock, int(t.intent_end[keys[busy]].max()))
+                self._retry = True
                 keys = keys[~busy]
             if len(keys):
                 self.timer.watch(eng.request(t, keys))

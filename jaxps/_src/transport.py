@@ -54,13 +54,16 @@ class Transport:
         received message, in per-source FIFO order; also called for messages a rank
         sends to itself.
       stats: dict of counters updated for bytes/messages.
+      poll: called on the transport thread once per loop iteration (at least every
+        ``MAX_IDLE_SLEEP``), for work the handler batches over time.
 
     Thread-safety: ``send`` and ``barrier`` may be called from any thread.
     """
 
     def __init__(self, comm: MPI.Comm, handle: Callable[[int, int, np.ndarray], None],
-                 stats: dict):
+                 stats: dict, poll: Callable[[], None] | None = None):
         self.comm = comm
+        self._poll = poll
         self.rank = comm.Get_rank()
         self._handle = handle
         self._stats = stats
@@ -120,6 +123,8 @@ class Transport:
                 self._stats["messages_received"] += 1
                 self._handle(status.Get_source(), status.Get_tag(), buf)
                 progressed = True
+            if self._poll is not None:
+                self._poll()
             progressed |= self._progress_collectives()
             if self._inflight:
                 done = MPI.Request.Testsome([r for r, _ in self._inflight])
