@@ -203,7 +203,7 @@ def _ps_rank(problem, spec: dict, comm) -> dict:
     with jaxps.ParameterServer(problem.tables, technique=technique, comm=comm) as ps:
         trainer = jaxps.SparseTrainer(ps, problem.loss_fn, problem.optimizers,
                                       lookahead=spec["lookahead"])
-        source = problem.batches(comm.Get_rank(), comm.Get_size())
+        source = problem.batches(comm.Get_rank(), comm.Get_size(), ps.owned_keys)
         warm_steps = warm_up(lambda b, f: trainer.train_epoch(b, on_batch=f), source,
                              spec["warmup"], lambda: trainer.compiles)
         warm_compiles = trainer.compiles

@@ -39,7 +39,9 @@ class Problem(NamedTuple):
       tables: table name -> jaxps.TableSpec (parameter + optimizer-state columns).
       optimizers: table name -> jaxps.RowOptimizer.
       loss_fn: pure JAX ``(rows, data) -> scalar``, rows by position (see SparseTrainer).
-      batches: ``(rank, size) -> endless iterator of jaxps.Batch`` (this rank's share).
+      batches: ``(rank, size, owned_keys=None) -> endless iterator of jaxps.Batch`` (this
+        rank's share); ``owned_keys(table)``, when given, lists the keys this rank's PS
+        holds now (``ps.owned_keys``), for workloads that sample locally (NuPS).
       hot_keys: ``scale -> {table: keys}``: the NuPS hot set at ``scale`` x its heuristic.
       info: sizes for the report (entities, relations, triples, dim, batch, ...).
     """
@@ -47,7 +49,7 @@ class Problem(NamedTuple):
     tables: dict
     optimizers: dict
     loss_fn: Callable
-    batches: Callable[[int, int], Iterator]
+    batches: Callable[..., Iterator]
     hot_keys: Callable[[float], dict]
     info: dict
 
@@ -170,10 +172,13 @@ def kge_workload(name: str, help: str, config: dict | Callable[[BenchOptions], d
         extra = ({"num_relations": dataset.num_relations}
                  if getattr(config, "reciprocal", False) else {})
 
-        def batches(rank: int, size: int):
+        def batches(rank: int, size: int, owned_keys=None):
+            # --sampling local: negatives among the entity rows held here, as train.kge does.
+            pool = (lambda: owned_keys("entity")) if (
+                config.sampling == "local" and size > 1 and owned_keys is not None) else None
             for epoch in itertools.count(1):
                 yield from epoch_batches(train, dataset.num_entities, config, epoch, rank, size,
-                                         **extra)
+                                         pool, **extra)
 
         def hot_keys(scale: float) -> dict:
             return kge_hot_keys(train, dataset.num_entities, tables["relation"].num_keys, scale)
