@@ -190,13 +190,18 @@ class ParameterServer:
         with eng.lock:
             slots = t.store.slot[keys]
             local = slots >= 0
+            if local.all():  # the common case: no boolean-mask copies of the rows
+                if tag is Tag.PUSH:
+                    t.store.add(slots, rows)
+                else:
+                    t.store.values[slots] = rows
+                self._stats["push_local"] += len(keys)
+                return completed(kind, t.name)
             if tag is Tag.PUSH:
                 t.store.add(slots[local], rows[local])
             else:
                 t.store.values[slots[local]] = rows[local]
             self._count_local("push", t, keys, local)
-            if local.all():
-                return completed(kind, t.name)
             rest = ~local  # replicas apply inline, the rest travels
             h = eng.new_handle(kind, t, int(np.count_nonzero(rest)), keys=keys[rest])
             eng.serve(Msg(tag, t, h.id, self.rank, keys[rest], np.flatnonzero(rest), rows[rest]))
