@@ -106,7 +106,9 @@ class _IntentBook:
         for i in due:
             if i.end > clock:
                 parts.setdefault(i.table.index, []).append(i.keys)
-        return {index: np.unique(np.concatenate(p)) for index, p in parts.items()}
+        # Each intent's keys are unique already: only a merge needs np.unique.
+        return {index: p[0] if len(p) == 1 else np.unique(np.concatenate(p))
+                for index, p in parts.items()}
 
 
 class Relocation(Technique):
@@ -200,8 +202,10 @@ class ActionTimer:
         self.clock_s: float | None = None
         self._last_tick: float | None = None
         self._watch: list = []
+        self._horizon: int | None = None
 
     def tick(self) -> None:
+        self._horizon = None
         now = time.perf_counter()
         if self._last_tick is not None:
             self.clock_s = self._smooth(self.clock_s, now - self._last_tick)
@@ -218,11 +222,14 @@ class ActionTimer:
         self._watch.append(handle)
 
     def horizon(self) -> int:
-        """Clocks ahead at which to act (>= 1)."""
-        if not self.action_s or not self.clock_s:
-            return 1
-        lam = min(2.0 * self.action_s / self.clock_s, 500.0)
-        return max(1, _poisson_quantile(lam, self.quantile))
+        """Clocks ahead at which to act (>= 1); recomputed once per clock tick."""
+        if self._horizon is None:
+            if not self.action_s or not self.clock_s:
+                self._horizon = 1
+            else:
+                lam = min(2.0 * self.action_s / self.clock_s, 500.0)
+                self._horizon = max(1, _poisson_quantile(lam, self.quantile))
+        return self._horizon
 
     def _smooth(self, old, new):
         return new if old is None else (1 - self.alpha) * old + self.alpha * new
