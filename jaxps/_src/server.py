@@ -142,9 +142,15 @@ class ParameterServer:
             if local.all():
                 self._stats["pull_local"] += len(keys)
                 return completed("pull", t.name, t.store.values[slots])
-            self._count_local("pull", t, keys, local)
             out = np.empty((len(keys), t.spec.width), np.float32)
             out[local] = t.store.values[slots[local]]
+            if t.replicas is not None:  # owned or ready replicas only: answer here
+                rslots = t.replicas.slot[keys[~local]]
+                if (rslots >= 0).all():
+                    out[~local] = t.replicas.value(rslots)
+                    self._stats["pull_local"] += len(keys)
+                    return completed("pull", t.name, out)
+            self._count_local("pull", t, keys, local)
             h = eng.new_handle("pull", t, int(np.count_nonzero(~local)), result=out)
             rest = np.flatnonzero(~local)  # replicas answer inline, the rest travels
             eng.serve(Msg(Tag.PULL, t, h.id, self.rank, keys[rest], rest))
@@ -197,6 +203,17 @@ class ParameterServer:
                     t.store.values[slots] = rows
                 self._stats["push_local"] += len(keys)
                 return completed(kind, t.name)
+            if t.replicas is not None:  # owned or ready replicas only: apply here
+                rslots = t.replicas.slot[keys[~local]]
+                if (rslots >= 0).all():
+                    if tag is Tag.PUSH:
+                        t.store.add(slots[local], rows[local])
+                        t.replicas.add(rslots, rows[~local])
+                    else:
+                        t.store.values[slots[local]] = rows[local]
+                        t.replicas.assign(rslots, rows[~local])
+                    self._stats["push_local"] += len(keys)
+                    return completed(kind, t.name)
             if tag is Tag.PUSH:
                 t.store.add(slots[local], rows[local])
             else:
