@@ -122,6 +122,9 @@ class ParameterServer:
         self.barrier()
         self._closed = True
         if self._engine.transport is not None:
+            with self._engine.lock:  # the last OWNER updates; nothing sends after them
+                self._engine.flush_owner_updates()
+            self._engine.transport.quiesce().wait()
             self._engine.transport.close()
         self._comm.Free()
 

@@ -70,7 +70,10 @@ class Transport:
         self._outbox: collections.deque = collections.deque()   # (dest, tag, buf)
         self._inflight: list[tuple[MPI.Request, np.ndarray]] = []
         self._collectives: collections.deque = collections.deque()  # (start_fn, event)
-        self._active: list[tuple[MPI.Request, threading.Event]] = []
+        self._active: list = []  # (request, extra completion check or None, event)
+        size = comm.Get_size()
+        self._sent_to = np.zeros(size, np.int64)      # messages sent to each rank
+        self._received_from = np.zeros(size, np.int64)
         self._wake = threading.Event()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="jaxps-transport", daemon=True)
@@ -94,6 +97,27 @@ class Transport:
         self._collectives.append((self.comm.Ibarrier, done))
         self._wake.set()
         return done
+
+    def quiesce(self) -> threading.Event:
+        """Collective: start a drain; returns an event set once every message that any rank
+        sent to this one before calling ``quiesce`` has been received and handled.
+
+        Precondition: no rank sends PS messages after calling it. ``ParameterServer.close``
+        needs it because some messages (OWNER updates) are never acknowledged: one still in
+        flight when the communicator is freed could be received by the next
+        ParameterServer, whose new communicator may reuse the freed one's context id.
+        """
+        done = threading.Event()
+        self._collectives.append((self._start_quiesce, done))
+        self._wake.set()
+        return done
+
+    def _start_quiesce(self):
+        self._flush_outbox()  # messages queued before the call count as sent before it
+        # The buffers stay referenced (self) until the exchange completes.
+        self._quiesce_bufs = sent, expected = self._sent_to.copy(), np.zeros_like(self._sent_to)
+        req = self.comm.Ialltoall([sent, MPI.INT64_T], [expected, MPI.INT64_T])
+        return req, lambda: bool((self._received_from >= expected).all())
 
     def close(self) -> None:
         """Stop the thread after flushing queued sends. Precondition: no more traffic expected."""
@@ -121,6 +145,7 @@ class Transport:
                 msg.Recv([buf, MPI.BYTE])
                 self._stats["bytes_received"] += len(buf)
                 self._stats["messages_received"] += 1
+                self._received_from[status.Get_source()] += 1
                 self._handle(status.Get_source(), status.Get_tag(), buf)
                 progressed = True
             if self._poll is not None:
@@ -154,20 +179,24 @@ class Transport:
             self._inflight.append((req, buf))
             self._stats["bytes_sent"] += len(buf)
             self._stats["messages_sent"] += 1
+            self._sent_to[dest] += 1
         return progressed
 
     def _progress_collectives(self) -> bool:
         progressed = False
         while self._collectives:
             start, done = self._collectives.popleft()
-            self._active.append((start(), done))
+            started = start()
+            req, check = started if isinstance(started, tuple) else (started, None)
+            self._active.append((req, check, done))
             progressed = True
         still = []
-        for req, done in self._active:
-            if req.Test():
+        for req, check, done in self._active:
+            # Test() of a completed request keeps answering True (it is REQUEST_NULL).
+            if req.Test() and (check is None or check()):
                 done.set()
                 progressed = True
             else:
-                still.append((req, done))
+                still.append((req, check, done))
         self._active = still
         return progressed

@@ -187,3 +187,27 @@ def test_remote_pull_served_while_owner_sleeps():
     assert_all(elapsed < 0.5, f"remote pull of 10,000 rows took {elapsed:.3f}s")
     if RANK == 1:
         print(f"\nremote pull of 10,000 x 32 rows from a sleeping rank: {elapsed * 1e3:.1f} ms")
+
+
+@pytest.mark.parametrize("technique", ["relocation", "adaptive"])
+def test_next_server_gets_no_message_of_the_last(technique):
+    """Regression: OWNER updates are never acknowledged, so some were still in flight when
+    a ParameterServer closed; MPICH reused the freed communicator's context id for the
+    next one, which then took a stale update (a home believed a rank owned a key it
+    asked for, a ProtocolError). ``close`` now drains: each new server starts clean."""
+    K = 32
+    for rep in range(4):
+        with make_ps(technique, e=jaxps.TableSpec(K, 4)) as ps:
+            rng = rng_for(40 + rep)
+            for _ in range(40):  # every rank moves random keys: hand-overs everywhere
+                ps.localize("e", rng.choice(K, 4, replace=False))
+        with make_ps(technique, e=jaxps.TableSpec(K, 4)) as ps:
+            ps.barrier()
+            time.sleep(0.05)  # a stale message would have arrived by now
+            t = ps._engine.tables[0]
+            with ps._engine.lock:
+                versions = t.owner_version.copy()
+                owners = t.owner.copy()
+            ps.barrier()
+        assert_all(not versions.any() and (owners == RANK).all(),
+                   f"rep {rep}: new server's home directory changed: versions {versions}")
