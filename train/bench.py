@@ -464,7 +464,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="reduced matrix in ~10 min on 2 cores: kge-zipf-small, local@1, every "
                         "technique at 1 and 4 ranks, nups hot sets x0.5, x1, x2 (4 ranks), "
-                        "150 timed steps")
+                        "400 timed steps")
     p.add_argument("--workloads", nargs="+", default=None, metavar="NAME[:key=value,...]",
                    help="registered workloads (--list), each optionally with parameters; "
                         "default kge-zipf and fb15k-237 (when --data-root is given)")
@@ -473,8 +473,7 @@ def parse_args(argv=None):
     p.add_argument("--ranks", type=_csv(int), default=None, help="default 1,2,4 (quick: 1,4)")
     p.add_argument("--nups-scales", type=_csv(float), default=None,
                    help=f"NuPS hot sets as multiples of its heuristic; default {NUPS_SCALES}")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per rank (default 200; "
-                   "quick 150)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per rank (default 400)")
     p.add_argument("--warmup", type=int, default=None,
                    help="warm up until this many consecutive steps compiled nothing (at most "
                         f"{WARMUP_CAP}x as many steps); default 20, quick 10")
@@ -495,7 +494,7 @@ def parse_args(argv=None):
             "kge-zipf", *(("fb15k-237",) if args.data_root else ()))
     args.ranks = args.ranks or ((1, 4) if quick else (1, 2, 4))
     args.nups_scales = args.nups_scales or (QUICK_NUPS_SCALES if quick else NUPS_SCALES)
-    args.steps = args.steps if args.steps is not None else (150 if quick else 200)
+    args.steps = args.steps if args.steps is not None else 400
     args.warmup = args.warmup if args.warmup is not None else (10 if quick else 20)
     args.timeout = args.timeout or (240.0 if quick else 900.0)
     unknown = set(args.techniques) - {"local", *TECHNIQUES}
