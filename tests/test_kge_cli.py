@@ -109,7 +109,8 @@ def test_resume_continues_from_the_checkpoint(tiny_graph, tmp_path):
 @pytest.mark.parametrize("options", [
     ["--loss", "bce", "--dropout", "0.2", "--sampling", "local"],
     ["--loss", "margin", "--optimizer", "adam", "--lr", "0.01", "--reg-type", "l2"],
-    ["--model", "distmult", "--lookahead", "0", "--technique", "classic", "--negatives", "1000"],
+    ["--model", "distmult", "--lookahead", "0", "--technique", "classic", "--negatives", "1000",
+     "--no-reciprocal"],
     ["--reciprocal", "--dropout", "0.1", "--technique", "nups"],
 ])
 def test_training_options_run(options, tiny_graph, tmp_path):

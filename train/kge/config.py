@@ -25,21 +25,27 @@ def _opt(default, help: str, choices=None):
 
 @dataclass(frozen=True)
 class KgeConfig:
-    """Settings of one KGE training run (defaults train ComplEx well on small graphs)."""
+    """Settings of one KGE training run.
+
+    The defaults train ComplEx well on small graphs (UMLS, CoDEx-S, the generated main-job
+    graph) in minutes: LibKGE's recipe (reciprocal relations, cross-entropy against all
+    entities up to 2048, Adagrad) with a light N3 weight. Noisier graphs want more
+    regularization (FB15k-237: --reg 0.05; see README).
+    """
 
     data: str = _opt("", "dataset folder (train.txt, valid.txt, test.txt) or a registered name "
                      "such as umls or fb15k-237; empty: a small synthetic graph, generated once "
                      "into a cache folder")
     model: str = _opt("complex", "KGE model", tuple(sorted(models.MODELS)))
-    dim: int = _opt(128, "embedding size (real numbers per entity row; ComplEx: dim/2 complex)")
+    dim: int = _opt(256, "embedding size (real numbers per entity row; ComplEx: dim/2 complex)")
     epochs: int = _opt(10, "passes over the training triples")
     batch_size: int = _opt(512, "positive triples per batch (per rank)")
-    negatives: int = _opt(256, "batch-shared negative entities per batch, used to corrupt both "
-                          "head and tail; >= number of entities means all entities")
+    negatives: int = _opt(2048, "batch-shared negative entities per batch, used to corrupt both "
+                          "head and tail; >= number of entities means all entities (1vsAll)")
     sampling: str = _opt("uniform", "uniform: negatives from all entities; local (NuPS): "
                          "from the entity rows this rank holds now, so sampling moves no "
                          "data (refreshed every 16 batches; equals uniform on 1 rank)", SAMPLINGS)
-    reciprocal: bool = _opt(False, "reciprocal relations (LibKGE's reciprocal_relations_model): "
+    reciprocal: bool = _opt(True, "reciprocal relations (LibKGE's reciprocal_relations_model): "
                             "a second embedding p^-1 per relation, and head queries (?, p, o) "
                             "scored as tail queries (o, p^-1, ?)")
     dropout: float = _opt(0.0, "dropout rate on the embeddings of the batch's triples")
@@ -48,7 +54,8 @@ class KgeConfig:
     loss: str = _opt("ce", "ce: cross-entropy over (positive, negatives); bce: binary "
                      "cross-entropy; margin: margin ranking", LOSSES)
     margin: float = _opt(1.0, "margin of the margin loss")
-    reg: float = _opt(0.05, "regularization weight (0: none)")
+    reg: float = _opt(0.01, "regularization weight (0: none; noisy graphs such as FB15k-237 "
+                      "and the generated ones want about 0.05)")
     reg_type: str = _opt("n3", "n3: weighted nuclear 3-norm (Lacroix et al. 2018); l2: squared "
                          "L2, both on the rows of the batch's positive triples", REGULARIZERS)
     init_scale: float = _opt(0.1, "standard deviation of the normal initial embeddings")
