@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxps import Batch, bucket_size
 from jaxps._src.tables import initial_rows
+from jaxps._src.trainer import loss_and_row_deltas
 
 _CHUNK = 1 << 16   # keys per chunk when computing initial rows (bounds temporary memory)
 _DONE = object()
@@ -85,20 +86,12 @@ class LocalTrainer:
             rows = {t: tables[t].at[keys[t]].get(mode="fill", fill_value=0.0,
                                                  indices_are_sorted=True, unique_indices=True)
                     for t in tables}
-            params = {t: r[:, :dims[t]] for t, r in rows.items()}
-            loss, grads = jax.value_and_grad(loss_fn)(params, data)
-            out = {}
-            for t, r in rows.items():
-                opt, d = opts[t], dims[t]
-                state = opt.unpack(r[:, d:], d)
-                updates, new_state = opt.update(grads[t], state, params[t])
-                # Whole-row delta exactly as SparseTrainer computes it, so the tables see the
-                # same float32 additions as the PS rows.
-                delta_state = opt.pack(new_state) - r[:, d:]
-                delta = jnp.concatenate([updates.astype(jnp.float32),
-                                         delta_state.reshape(r.shape[0], -1)], axis=1)
-                out[t] = tables[t].at[keys[t]].add(delta, mode="drop", indices_are_sorted=True,
-                                                   unique_indices=True)
+            # Whole-row deltas exactly as SparseTrainer computes them, so the tables see
+            # the same float32 additions as the PS rows.
+            loss, deltas = loss_and_row_deltas(loss_fn, opts, dims, rows, data)
+            out = {t: tables[t].at[keys[t]].add(delta, mode="drop", indices_are_sorted=True,
+                                                unique_indices=True)
+                   for t, delta in deltas.items()}
             return out, loss
 
         return step

@@ -189,17 +189,9 @@ class SparseTrainer:
 
         def step(rows, counts, data):
             self._compiles += 1  # runs while tracing only: counts compilations
-            params = {t: r[:, :dims[t]] for t, r in rows.items()}
-            loss, grads = jax.value_and_grad(loss_fn)(params, data)
-            deltas = {}
-            for t, r in rows.items():
-                opt, d = opts[t], dims[t]
-                state = opt.unpack(r[:, d:], d)
-                updates, new_state = opt.update(grads[t], state, params[t])
-                delta_state = opt.pack(new_state) - r[:, d:]
-                delta = jnp.concatenate([updates.astype(jnp.float32),
-                                         delta_state.reshape(r.shape[0], -1)], axis=1)
-                valid = jnp.arange(r.shape[0]) < counts[t]
+            loss, deltas = loss_and_row_deltas(loss_fn, opts, dims, rows, data)
+            for t, delta in deltas.items():
+                valid = jnp.arange(delta.shape[0]) < counts[t]
                 deltas[t] = jnp.where(valid[:, None], delta, 0.0)
             return loss, deltas
 
@@ -336,6 +328,23 @@ class SparseTrainer:
                 ps.push_async(t, k, np.asarray(deltas[t])[:len(k)])
         ps.advance_clock()
         return loss
+
+
+def loss_and_row_deltas(loss_fn: Callable, optimizers: Mapping[str, RowOptimizer],
+                        dims: Mapping[str, int], rows: Mapping[str, jax.Array], data):
+    """The step's math (traceable): loss, and per table the whole-row delta (parameter
+    update | optimizer state change) of every row of ``rows[t]`` [B_t, dim + state_dim].
+    Shared with the no-PS baseline of the benchmark, so both apply the same additions."""
+    params = {t: r[:, :dims[t]] for t, r in rows.items()}
+    loss, grads = jax.value_and_grad(loss_fn)(params, data)
+    deltas = {}
+    for t, r in rows.items():
+        opt, d = optimizers[t], dims[t]
+        updates, new_state = opt.update(grads[t], opt.unpack(r[:, d:], d), params[t])
+        delta_state = opt.pack(new_state) - r[:, d:]
+        deltas[t] = jnp.concatenate([updates.astype(jnp.float32),
+                                     delta_state.reshape(r.shape[0], -1)], axis=1)
+    return loss, deltas
 
 
 def _aligned_empty(shape: tuple[int, int]) -> np.ndarray:
