@@ -379,6 +379,13 @@ def test_generate_plants_a_learnable_structure(graph):
     assert hits > 0.1 and hits > 5 * constant
 
 
+def test_default_cluster_count_grows_as_sqrt_up_to_a_cap():
+    # Capped so that the planted structure stays within reach of a moderate-rank model.
+    assert synthetic.default_num_clusters(2000) == 45
+    assert synthetic.default_num_clusters(10 ** 6) == synthetic.MAX_DEFAULT_CLUSTERS == 64
+    assert np.bincount(synthetic.entity_clusters(10 ** 5, seed=0)).tolist() == [1563] * 32 + [1562] * 32
+
+
 def test_write_dataset_round_trips_through_load(tmp_path, graph):
     ds = load_dataset(synthetic.write_dataset(tmp_path / "syn", graph), cache=False)
     entity = np.array([int(name[1:]) for name in ds.entity_ids])

@@ -47,9 +47,18 @@ class _World(NamedTuple):
     salt: np.uint64           # keys the hash of (relation, cluster, candidate)
 
 
+MAX_DEFAULT_CLUSTERS = 64
+
+
 def default_num_clusters(num_entities: int) -> int:
-    """round(sqrt(num_entities)): clusters and members per cluster grow alike."""
-    return max(1, round(num_entities ** 0.5))
+    """round(sqrt(num_entities)), at most `MAX_DEFAULT_CLUSTERS` (64).
+
+    The map (relation, head cluster) -> tail cluster is a random clusters x relations x
+    clusters tensor, which an embedding of rank k represents only for about k clusters or
+    fewer. Uncapped, a 1M-entity graph had 1,000 clusters, out of reach of a dim-256 model:
+    after 2 epochs test MRR was 0.019 on 100k entities with 316 clusters, 0.057 with 64.
+    """
+    return max(1, min(round(num_entities ** 0.5), MAX_DEFAULT_CLUSTERS))
 
 
 def entity_clusters(num_entities: int, *, seed: int, num_clusters: int | None = None) -> np.ndarray:

@@ -46,7 +46,9 @@ def load(config: KgeConfig, comm: MPI.Comm) -> KgeDataset:
         from train.kge.datasets import resolve
         return load_dataset(resolve(config.data))
     n, r, m = config.synthetic_entities, config.synthetic_relations, config.synthetic_triples
-    folder = user_cache_dir() / "synthetic" / f"e{n}-r{r}-t{m}-s{config.seed}"
+    # The cluster count is part of the name: graphs cached before its default changed differ.
+    k = synthetic.default_num_clusters(n)
+    folder = user_cache_dir() / "synthetic" / f"e{n}-r{r}-t{m}-c{k}-s{config.seed}"
     if comm.Get_rank() == 0 and not (folder / "test.txt").is_file():
         # Written aside and renamed: a concurrent run never reads a half-written folder.
         tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
