@@ -174,3 +174,30 @@ def test_push_equals_numpy_reference(keys, values):
         ref = np.zeros((64, 1), np.float32)
         np.add.at(ref, keys, vals)
         np.testing.assert_array_equal(ps.pull("e", np.arange(64)), ref)
+
+
+def test_message_with_rows_for_the_first_keys_only():
+    """SYNC carries rows only for its first keys (the written replicas): the wire format
+    keeps that, and splitting the message (by mask or by index, as routing does) keeps
+    each key with its own row, keys with rows first."""
+    from jaxps._src import protocol
+    from jaxps._src.engine import Msg
+    from jaxps._src.protocol import Tag
+
+    keys = np.array([10, 11, 12, 13, 14])
+    pos = keys * 100
+    rows = np.array([[10.0, 10.0], [11.0, 11.0]], np.float32)  # keys 10 and 11
+    buf = protocol.pack(0, 7, 1, keys, pos, rows)
+    _, k, p, r = protocol.unpack(buf, 2)
+    assert k.tolist() == keys.tolist() and p.tolist() == pos.tolist()
+    assert r.tolist() == rows.tolist()
+    _, _, _, empty = protocol.unpack(protocol.pack(0, 7, 1, keys, pos, rows[:0]), 2)
+    assert empty.shape == (0, 2)
+
+    m = Msg(Tag.SYNC, None, 7, 1, keys, pos, rows)
+    for sel in (np.array([True, False, True, True, False]), np.array([3, 1, 4])):
+        s = m.subset(sel)
+        assert len(s.rows) == np.count_nonzero(s.keys < 12)
+        assert (s.keys[:len(s.rows)] < 12).all() and (s.keys[len(s.rows):] >= 12).all()
+        assert (s.rows[:, 0] == s.keys[:len(s.rows)]).all()
+        assert (s.pos == s.keys * 100).all()

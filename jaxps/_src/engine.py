@@ -66,9 +66,21 @@ class Msg:
                    self.rows if rows is _KEEP else rows, self.hops if hops is None else hops,
                    self.aux if aux is None else aux)
 
-    def subset(self, mask: np.ndarray) -> "Msg":
-        return Msg(self.tag, self.table, self.req, self.origin, self.keys[mask], self.pos[mask],
-                   None if self.rows is None else self.rows[mask], self.hops, self.aux)
+    def subset(self, sel: np.ndarray) -> "Msg":
+        """The keys ``sel`` (a boolean mask or an index array) with their pos and rows.
+
+        Rows may cover only the first ``len(rows)`` keys (SYNC: the written replicas);
+        the subset keeps that form: its keys with rows first.
+        """
+        rows = self.rows
+        if rows is None or len(rows) == len(self.keys):
+            return Msg(self.tag, self.table, self.req, self.origin, self.keys[sel],
+                       self.pos[sel], None if rows is None else rows[sel], self.hops, self.aux)
+        idx = np.flatnonzero(sel) if sel.dtype == bool else sel
+        has_row = idx < len(rows)
+        idx = np.concatenate([idx[has_row], idx[~has_row]])
+        return Msg(self.tag, self.table, self.req, self.origin, self.keys[idx], self.pos[idx],
+                   rows[idx[:int(np.count_nonzero(has_row))]], self.hops, self.aux)
 
 
 class Engine(ReplicaProtocol):
@@ -220,7 +232,7 @@ class Engine(ReplicaProtocol):
             store.add(slots, m.rows)
             self.send(m.origin, m.replace(rows=None, hops=0), Tag.WRITE_ACK)
         elif m.tag is Tag.SET:
-            store.values[slots] = m.rows
+            store.assign(slots, m.rows)
             self.send(m.origin, m.replace(rows=None, hops=0), Tag.WRITE_ACK)
         elif m.tag is Tag.RELOCATE:
             if m.aux == self.rank:

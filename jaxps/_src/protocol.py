@@ -5,7 +5,11 @@ Every message is a single contiguous numpy ``uint8`` buffer (no pickling):
     header  int64[8]        see ``H`` for the field order
     keys    int64[n]        table keys the message is about
     pos     int64[n]        positions of those keys in the origin's request (for replies)
-    rows    float32[n, w]   only for tags in ``CARRIES_ROWS`` (w = the table's row width)
+    rows    float32[m, w]   only for tags in ``CARRIES_ROWS`` (w = the table's row width):
+                            rows of the first m <= n keys (m from the buffer's length).
+                            m < n only for SYNC (the first m replicas were written since
+                            the last round; the others only ask whether the row changed)
+                            and SYNC_REPLY (rows of the keys whose row changed)
 
 MPI keeps messages between one pair of ranks in order when they match the same
 receive; the transport receives with ANY_TAG, so per-pair FIFO holds across tags.
@@ -31,11 +35,14 @@ class Tag(enum.IntEnum):
                     #   PULL (hints, home) if the keys moved on meanwhile
     TRANSFER = 8    # old owner -> new owner: the rows (req/origin of the localize or
                     #   intent); pos = transfer_pos(relocation counter, replica holders)
-    SYNC = 9        # replica -> owner: add delta rows, answer fresh rows  -> SYNC_REPLY
-    SYNC_REPLY = 10 # owner -> replica: fresh rows
+    SYNC = 9        # replica -> owner: add the delta rows of the first m keys; pos = the
+                    #   stamp of the row each replica copies            -> SYNC_REPLY
+    SYNC_REPLY = 10 # owner -> replica: fresh rows of the first m keys (those whose stamp
+                    #   differs); pos = the owner's stamps
     INTENT = 11     # rank -> owner: will use these keys soon -> REPLICA, or the owner
                     #   hands the keys over at once (TRANSFER, and OWNER to the home)
-    REPLICA = 12    # owner -> rank: rows for a new replica (others use the keys too)
+    REPLICA = 12    # owner -> rank: rows for a new replica (others use the keys too);
+                    #   pos = the rows' stamps
     DROP = 14       # replica -> owner: residual delta of a dropped replica -> WRITE_ACK
     OWNER = 15      # old owner -> home: new owners of keys; pos = versioned(relocation
                     #   counter, new owner); the home ignores updates older than the newest
@@ -92,13 +99,14 @@ def pack(table: int, req: int, origin: int, keys: np.ndarray, pos: np.ndarray,
 
 
 def unpack(buf: np.ndarray, width: int | None):
-    """Split a received buffer into (header, keys, pos, rows|None); views, no copies."""
+    """Split a received buffer into (header, keys, pos, rows|None); views, no copies.
+    ``rows`` (for ``width`` not None) has the rows the message carries: m <= n."""
     header = buf[:HEADER_BYTES].view(np.int64)
     n = int(header[H.N])
     k0, k1 = HEADER_BYTES, HEADER_BYTES + 8 * n
     keys = buf[k0:k1].view(np.int64)
     pos = buf[k1:k1 + 8 * n].view(np.int64)
     rows = None
-    if width is not None and len(buf) > k1 + 8 * n:
-        rows = buf[k1 + 8 * n:].view(np.float32).reshape(n, width)
+    if width is not None:
+        rows = buf[k1 + 8 * n:].view(np.float32).reshape(-1, width)
     return header, keys, pos, rows

@@ -50,9 +50,7 @@ class ReplicaProtocol:
         t, store = m.table, m.table.store
         back = m.replace(hops=0)
         if m.tag is Tag.SYNC:
-            store.add(slots, m.rows)
-            self.send(m.origin, back.replace(rows=store.values[slots]),
-                      Tag.SYNC_REPLY)
+            self._sync_reply(m, slots)
         elif m.tag is Tag.DROP:
             store.add(slots, m.rows)
             t.holders[m.keys] = np.maximum(t.holders[m.keys] - 1, 0)
@@ -74,9 +72,9 @@ class ReplicaProtocol:
             keys = m.keys[shared]
             t.holders[keys] += 1
             t.shared_at[keys] = self.clock
-            self.send(m.origin, m.subset(shared).replace(hops=0,
-                                                    rows=t.store.values[slots[shared]]),
-                      Tag.REPLICA)
+            self.send(m.origin, m.subset(shared).replace(
+                hops=0, rows=t.store.values[slots[shared]],
+                pos=t.stamps(keys, slots[shared])), Tag.REPLICA)
         if not shared.all():
             self.hand_over(m.subset(~shared), slots[~shared], m.origin)
 
@@ -90,7 +88,7 @@ class ReplicaProtocol:
         rslots = rep.slot[m.keys]
         new = ~owned & (rslots == PENDING)
         if new.any():
-            rep.install(m.keys[new], m.rows[new])
+            rep.install(m.keys[new], m.rows[new], m.pos[new])
             self.stats["replicas_created"] += int(np.count_nonzero(new))
         orphan = ~owned & (rslots == ABSENT)
         if orphan.any():  # owned and given away again meanwhile: undo the holder count
@@ -100,7 +98,8 @@ class ReplicaProtocol:
         self.drain(t, m.keys)
 
     def on_sync_reply(self, m) -> None:
-        m.table.replicas.refresh(m.keys, m.rows)
+        changed = len(m.rows)  # the first keys; the other rows are as this rank has them
+        m.table.replicas.refresh(m.keys[:changed], m.rows, m.pos[:changed])
         self._answer(m.req, len(m.keys))
 
     # ----- actions a rank starts ---------------------------------------------------------------
@@ -122,15 +121,34 @@ class ReplicaProtocol:
         return h
 
     def start_sync(self, t: TableState) -> Handle | None:
-        """One sync round over all ready replicas of ``t``; None if it has none."""
-        keys = t.replicas.keys()
+        """One sync round over all ready replicas of ``t``; None if it has none.
+
+        Deltas travel only for replicas written since the last round; for the others
+        only the key and the stamp of the row the replica copies.
+        """
+        keys, stamps, deltas = t.replicas.take_deltas()
         if not len(keys):
             return None
         h = self.new_handle("sync", t, len(keys), keys=keys)
         h.started = self.clock
         self.stats["sync_rounds"] += 1
-        self.serve(self.msg(Tag.SYNC, t, h, keys, t.replicas.take_deltas(keys)))
+        from .engine import Msg  # circular at import time only
+        self.serve(Msg(Tag.SYNC, t, h.id, self.rank, keys, stamps, deltas))
         return h
+
+    def _sync_reply(self, m, slots: np.ndarray) -> None:
+        """At the owner: add the SYNC's deltas, answer the rows that changed since the
+        replica copied them (stamps differ), changed keys first."""
+        t, store = m.table, m.table.store
+        written = len(m.rows)
+        store.add(slots[:written], m.rows)
+        stamps = t.stamps(m.keys, slots)
+        changed = stamps != m.pos
+        changed[:written] = True
+        order = np.concatenate([np.flatnonzero(changed), np.flatnonzero(~changed)])
+        rows = store.values[slots[order[:int(np.count_nonzero(changed))]]]
+        self.send(m.origin, m.replace(hops=0, keys=m.keys[order], pos=stamps[order],
+                                      rows=rows), Tag.SYNC_REPLY)
 
     def merge_own_replicas(self, t: TableState, keys, rows, holders):
         """At a TRANSFER: fold this rank's replica of a key into the arriving row."""

@@ -203,7 +203,7 @@ class ParameterServer:
                 if tag is Tag.PUSH:
                     t.store.add(slots, rows)
                 else:
-                    t.store.values[slots] = rows
+                    t.store.assign(slots, rows)
                 self._stats["push_local"] += len(keys)
                 return completed(kind, t.name)
             if t.replicas is not None:  # owned or ready replicas only: apply here
@@ -213,14 +213,14 @@ class ParameterServer:
                         t.store.add(slots[local], rows[local])
                         t.replicas.add(rslots, rows[~local])
                     else:
-                        t.store.values[slots[local]] = rows[local]
+                        t.store.assign(slots[local], rows[local])
                         t.replicas.assign(rslots, rows[~local])
                     self._stats["push_local"] += len(keys)
                     return completed(kind, t.name)
             if tag is Tag.PUSH:
                 t.store.add(slots[local], rows[local])
             else:
-                t.store.values[slots[local]] = rows[local]
+                t.store.assign(slots[local], rows[local])
             self._count_local("push", t, keys, local)
             rest = ~local  # replicas apply inline, the rest travels
             h = eng.new_handle(kind, t, int(np.count_nonzero(rest)), keys=keys[rest])

@@ -22,12 +22,17 @@ class RowStore:
       values: float32 [capacity, width]  rows; capacity doubles when relocations fill it.
       key_of: int64 [capacity]  key stored in each slot, -1 for a free slot (so the held
               keys are listed in O(capacity), not O(num_keys): replicas are listed per clock).
+      writes: int64 [capacity]  writes (``add``/``assign``) to each slot since its row was
+              inserted. An owner's row changed since a replica copied it iff its stamp
+              (``TableState.stamps``) differs; in a ReplicaStore, >0 means unsynced
+              local writes.
     """
 
     def __init__(self, num_keys: int, width: int, capacity: int):
         self.slot = np.full(num_keys, ABSENT, np.int32)
         self.values = np.empty((max(capacity, 1), width), np.float32)
         self.key_of = np.full(len(self.values), -1, np.int64)
+        self.writes = np.zeros(len(self.values), np.int64)
         self._free = np.arange(len(self.values) - 1, -1, -1, dtype=np.int32)  # stack, top at end
         self._n_free = len(self._free)
 
@@ -45,6 +50,7 @@ class RowStore:
         self.values[slots] = rows
         self.slot[keys] = slots
         self.key_of[slots] = keys
+        self.writes[slots] = 0
 
     def remove(self, keys: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """Give up owned keys (with their ``slots``); returns their rows (a copy)."""
@@ -57,6 +63,12 @@ class RowStore:
     def add(self, slots: np.ndarray, deltas: np.ndarray) -> None:
         """values[slots] += deltas. Precondition: slots unique (the server aggregates duplicates)."""
         self.values[slots] += deltas
+        self.writes[slots] += 1
+
+    def assign(self, slots: np.ndarray, rows: np.ndarray) -> None:
+        """values[slots] = rows. Precondition: slots unique."""
+        self.values[slots] = rows
+        self.writes[slots] += 1
 
     def _allocate(self, n: int) -> np.ndarray:
         if n > self._n_free:
@@ -76,6 +88,7 @@ class RowStore:
         values[:old] = self.values
         self.values = values
         self.key_of = np.concatenate([self.key_of, np.full(new - old, -1, np.int64)])
+        self.writes = np.concatenate([self.writes, np.zeros(new - old, np.int64)])
         free = np.empty(new, np.int32)
         free[:self._n_free] = self._free[:self._n_free]
         added = np.arange(new - 1, old - 1, -1, dtype=np.int32)
@@ -93,11 +106,16 @@ class ReplicaStore:
     Sync: send ``value - base`` to the owner and set ``base = value``; on the owner's
     answer ``fresh``: ``value = fresh + (value - base)``, ``base = fresh``, which keeps
     local updates made while the sync was in flight.
+
+    Only changed rows travel: a replica keeps the owner's *stamp* of the row its base
+    copies (``TableState.stamps``), sends deltas only for replicas written since the last
+    sync (``dirty``), and the owner answers rows only where its stamp differs.
     """
 
     def __init__(self, num_keys: int, width: int):
         self.width = width
         self._rows = RowStore(num_keys, 2 * width, capacity=16)
+        self._stamp = np.zeros(len(self._rows.values), np.int64)  # per slot
 
     @property
     def slot(self) -> np.ndarray:
@@ -116,24 +134,38 @@ class ReplicaStore:
 
     def add(self, slots: np.ndarray, deltas: np.ndarray) -> None:
         self._rows.values[slots, :self.width] += deltas
+        self._rows.writes[slots] += 1
 
     def assign(self, slots: np.ndarray, rows: np.ndarray) -> None:
         self._rows.values[slots, :self.width] = rows
+        self._rows.writes[slots] += 1
 
-    def install(self, keys: np.ndarray, fresh: np.ndarray) -> None:
-        """New ready replicas with value = base = fresh."""
+    def install(self, keys: np.ndarray, fresh: np.ndarray, stamps) -> None:
+        """New ready replicas with value = base = fresh, a copy of the owner's row at
+        ``stamps`` (int64 per key, or one for all)."""
         self._rows.insert(keys, np.concatenate([fresh, fresh], axis=1))
+        if len(self._stamp) < len(self._rows.values):
+            self._stamp = np.resize(self._stamp, len(self._rows.values))
+        self._stamp[self._rows.slot[keys]] = stamps
 
-    def take_deltas(self, keys: np.ndarray) -> np.ndarray:
-        """``value - base`` of ready replicas, then ``base = value`` (start of a sync)."""
-        slots = self._rows.slot[keys]
-        rows = self._rows.values[slots]
-        delta = rows[:, :self.width] - rows[:, self.width:]
-        self._rows.values[slots, self.width:] = rows[:, :self.width]
-        return delta
+    def take_deltas(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Start of a sync round: (keys, stamps, deltas) of all ready replicas, the
+        ``len(deltas)`` written since the last round first; for those ``base = value``.
+        """
+        rows = self._rows
+        held = np.flatnonzero(rows.key_of >= 0)
+        dirty = rows.writes[held] > 0
+        slots = np.concatenate([held[dirty], held[~dirty]])
+        d = slots[:int(np.count_nonzero(dirty))]
+        value = rows.values[d, :self.width]
+        delta = value - rows.values[d, self.width:]
+        rows.values[d, self.width:] = value
+        rows.writes[d] = 0
+        return rows.key_of[slots], self._stamp[slots], delta
 
-    def refresh(self, keys: np.ndarray, fresh: np.ndarray) -> None:
-        """Apply the owner's answer to a sync; keys no longer replicated are skipped."""
+    def refresh(self, keys: np.ndarray, fresh: np.ndarray, stamps: np.ndarray) -> None:
+        """Apply the owner's answer to a sync (its rows at ``stamps``); keys no longer
+        replicated are skipped."""
         slots = self._rows.slot[keys]
         ok = slots >= 0
         slots, fresh = slots[ok], fresh[ok]
@@ -141,6 +173,7 @@ class ReplicaStore:
         rows[:, :self.width] += fresh - rows[:, self.width:]
         rows[:, self.width:] = fresh
         self._rows.values[slots] = rows
+        self._stamp[slots] = stamps[ok]
 
     def remove(self, keys: np.ndarray) -> np.ndarray:
         """Drop ready replicas; returns their unsynced local updates ``value - base``."""
@@ -194,6 +227,14 @@ class TableState:
         self.shared_at = np.full(spec.num_keys, -(1 << 30), np.int32)
         self.sync = None
         self._mark = np.zeros(spec.num_keys, bool)
+
+    def stamps(self, keys: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """Owner side: for owned ``keys`` (at ``slots``), a stamp that differs from every
+        earlier stamp of the key whenever its row changed: (relocation counter, writes
+        since the row arrived here). The counter grows at every hand-over, so stamps of
+        different owners never collide (writes wrap after 2**32 in one stay). Lock held."""
+        return (self.version[keys].astype(np.int64) << 32) | (self.store.writes[slots]
+                                                             & 0xFFFFFFFF)
 
     def writes_in_flight(self) -> list:
         """This rank's unacknowledged remote writes (handles); drops finished ones. Lock held."""

@@ -325,7 +325,7 @@ def _replicate_statically(ps, t, keys) -> None:
     keys = keys[t.store.slot[keys] < 0]
     for start in range(0, len(keys), 1 << 16):
         chunk = keys[start:start + (1 << 16)]
-        rep.install(chunk, initial_rows(t.spec, t.name, chunk))
+        rep.install(chunk, initial_rows(t.spec, t.name, chunk), 0)  # the owner's first stamp
 
 
 def make(technique) -> Technique:
