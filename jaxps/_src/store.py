@@ -202,7 +202,8 @@ class TableState:
                (travels with the row on relocation; adaptive decisions use it).
       version: int32 [num_keys]  for owned keys: the relocation counter (times the
                key changed owner); travels with the row, +1 per hand-over.
-      intent_end: int32 [num_keys]  end clock of this rank's latest intent per key.
+      intent_end: int32 [num_keys]  end clock of the latest of this rank's intents per key that
+               came due (an intent far ahead counts once it is due).
       shared_at: int32 [num_keys]  for owned keys: this rank's clock when it last gave
                out a replica of the key (adaptive: recently shared keys stay put).
       sync: the in-flight sync round of this table's replicas (a Handle) or None.

@@ -16,7 +16,7 @@ is just the policy that never moves or copies a key.
 
 from __future__ import annotations
 
-import dataclasses
+import heapq
 import math
 import time
 from typing import TYPE_CHECKING
@@ -78,37 +78,37 @@ class Replication(Technique):
             _replicate_statically(ps, t, np.arange(t.spec.num_keys))
 
 
-@dataclasses.dataclass
-class _Intent:
-    table: "TableState"
-    keys: np.ndarray
-    start: int
-    end: int
-
-
 class _IntentBook:
-    """Intents not acted upon yet, ordered by arrival; pops those due by a horizon."""
+    """Intents not acted upon yet, in a heap by start clock: signalling intents for clocks
+    far ahead costs O(log n) each, and a clock tick looks only at the intents now due."""
 
     def __init__(self):
-        self._waiting: list[_Intent] = []
+        self._heap: list = []  # (start, seq, end, table index, keys)
+        self._seq = 0          # ties: arrival order (and never compares the arrays)
 
     def add(self, t, keys, start, end) -> None:
-        self._waiting.append(_Intent(t, keys, start, end))
+        self._seq += 1
+        heapq.heappush(self._heap, (start, self._seq, end, t.index, keys))
 
-    def pop_due(self, clock: int, horizon: int) -> dict[int, np.ndarray]:
-        """Unique keys per table index of intents starting within ``horizon`` clocks
-        that have not already ended."""
-        due = [i for i in self._waiting if i.start <= clock + horizon]
-        if not due:
-            return {}
-        self._waiting = [i for i in self._waiting if i.start > clock + horizon]
-        parts: dict[int, list[np.ndarray]] = {}
-        for i in due:
-            if i.end > clock:
-                parts.setdefault(i.table.index, []).append(i.keys)
-        # Each intent's keys are unique already: only a merge needs np.unique.
-        return {index: p[0] if len(p) == 1 else np.unique(np.concatenate(p))
-                for index, p in parts.items()}
+    def pop_due(self, clock: int, horizon: int) -> list[tuple[int, np.ndarray, int]]:
+        """(table index, keys, end) of the intents starting within ``horizon`` clocks that
+        have not already ended, removed from the book."""
+        due = []
+        while self._heap and self._heap[0][0] <= clock + horizon:
+            _, _, end, index, keys = heapq.heappop(self._heap)
+            if end > clock:
+                due.append((index, keys, end))
+        return due
+
+
+def _merge_keys(due) -> dict[int, np.ndarray]:
+    """Unique keys per table index of ``pop_due``'s intents."""
+    parts: dict[int, list[np.ndarray]] = {}
+    for index, keys, _ in due:
+        parts.setdefault(index, []).append(keys)
+    # Each intent's keys are unique already: only a merge needs np.unique.
+    return {index: p[0] if len(p) == 1 else np.unique(np.concatenate(p))
+            for index, p in parts.items()}
 
 
 class Relocation(Technique):
@@ -130,7 +130,7 @@ class Relocation(Technique):
         self.on_clock(ps, ps.clock)
 
     def on_clock(self, ps, clock):
-        for index, keys in self._book.pop_due(clock, self.horizon).items():
+        for index, keys in _merge_keys(self._book.pop_due(clock, self.horizon)).items():
             t = ps._engine.tables[index]
             keys = self._movable(t, keys)
             if len(keys):
@@ -275,7 +275,6 @@ class Adaptive(Technique):
         return ps._engine.localize(t, keys)
 
     def on_intent(self, ps, t, keys, start, end):
-        t.intent_end[keys] = np.maximum(t.intent_end[keys], end)
         self._book.add(t, keys, start, end)
         self._act(ps, ps.clock)
 
@@ -293,7 +292,14 @@ class Adaptive(Technique):
 
     def _act(self, ps, clock):
         eng = ps._engine
-        for index, keys in self._book.pop_due(clock, self.timer.horizon()).items():
+        due = self._book.pop_due(clock, self.timer.horizon())
+        for index, keys, end in due:
+            # Only intents due now count as this rank's use of a key: for the owner's
+            # decisions (replicate rather than hand over) and for keeping replicas. An
+            # intent far ahead acts when it is due.
+            t = eng.tables[index]
+            t.intent_end[keys] = np.maximum(t.intent_end[keys], end)
+        for index, keys in _merge_keys(due).items():
             t = eng.tables[index]
             keys = keys[(t.store.slot[keys] == -1) & (t.replicas.slot[keys] == -1)]
             keys = keys[t.intent_end[keys] > clock]

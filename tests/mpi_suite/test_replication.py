@@ -140,3 +140,47 @@ def test_sync_rounds_ship_only_changed_rows():
         assert_all(idle["bytes_sent"] < 0.2 * full_rows,
                    f"idle rounds sent {idle['bytes_sent']} bytes; every row would be "
                    f"{full_rows}")
+
+
+def test_intents_far_ahead_act_when_due():
+    """adaptive: an intent for clocks far ahead moves nothing now, and does not count as
+    the owner's use of a key (the key is handed over to a rank that needs it now, not
+    replicated); once due, it brings the key back. Clocks tick every 5 ms, so the learned
+    action horizon stays far below the 200 clocks ahead."""
+    if SIZE < 2:
+        pytest.skip("needs 2 ranks: run under mpiexec (tests/test_mpi.py does)")
+    K = 1_000
+    keys = np.arange(0, K, SIZE)  # home (and owner): rank 0
+    far = 200
+    with jaxps.ParameterServer({"e": jaxps.TableSpec(K, 4)}, technique="adaptive") as ps:
+        ps.barrier()
+        if RANK == 0:
+            ps.intent("e", keys, far, far + 5)
+        for _ in range(20):  # rank 0 is "owner with a far intent"; nobody else asks yet
+            time.sleep(0.005)
+            ps.advance_clock()
+        ps.barrier()
+        early = ps.stats()
+        if RANK == 1:  # needs the keys now: they are handed over, not replicated
+            ps.intent("e", keys, ps.clock + 1, ps.clock + 3)
+        for _ in range(10):
+            time.sleep(0.005)
+            ps.advance_clock()
+        ps.barrier()
+        moved = ps.stats()
+        while ps.clock < far:  # rank 0's intent comes due: the keys come back
+            time.sleep(0.002)
+            ps.advance_clock()
+        time.sleep(0.05)
+        ps.advance_clock()
+        ps.barrier()
+        back = ps.stats()
+        ps.barrier()
+    assert_all(early["relocations"] == 0 and early["replicas_created"] == 0,
+               f"acted on an intent {far} clocks ahead: {early}")
+    expected = {0: ("relocations", back["relocations"], len(keys)),   # came back
+                1: ("relocations", moved["relocations"], len(keys)),  # handed over
+                }.get(RANK, ("relocations", moved["relocations"], 0))
+    name, got, want = expected
+    assert_all(got == want and moved["replicas_created"] == 0,
+               f"{name} {got}, expected {want}; replicas created {moved['replicas_created']}")
