@@ -1,7 +1,7 @@
 """jaxps next to PyTorch-BigGraph 1.0.0 on FB15k-237: seconds per epoch at PBG's config.
 
 Runs with the jaxps virtualenv; PyTorch-BigGraph (PBG) runs only as a subprocess of its own
-Python (``--pbg-python``, default /work/pbg-venv/bin/python, see docs/compare_pbg.md):
+Python (``--pbg-python``, default .pbg-venv/bin/python, see docs/compare_pbg.md):
 
     nice -n 10 .venv/bin/python -m train.compare_pbg --epochs 10 --threads 1,2
 
@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_PBG_PYTHON = "/work/pbg-venv/bin/python"
+# A virtualenv of its own beside .venv (docs/compare_pbg.md); --pbg-python points elsewhere.
+DEFAULT_PBG_PYTHON = str(REPO / ".pbg-venv" / "bin" / "python")
 SPLITS = ("train", "valid", "test")
 
 
