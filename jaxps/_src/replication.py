@@ -132,8 +132,7 @@ class ReplicaProtocol:
         h = self.new_handle("sync", t, len(keys), keys=keys)
         h.started = self.clock
         self.stats["sync_rounds"] += 1
-        from .engine import Msg  # circular at import time only
-        self.serve(Msg(Tag.SYNC, t, h.id, self.rank, keys, stamps, deltas))
+        self.serve(self.msg(Tag.SYNC, t, h, keys, deltas, pos=stamps))
         return h
 
     def _sync_reply(self, m, slots: np.ndarray) -> None:
@@ -165,6 +164,7 @@ class ReplicaProtocol:
         t.replicas.slot[keys[rslots == PENDING]] = ABSENT
         return rows, np.maximum(holders, 0)
 
-    def msg(self, tag, t, h, keys, rows=None):
+    def msg(self, tag, t, h, keys, rows=None, pos=None):
         from .engine import Msg  # circular at import time only
-        return Msg(tag, t, h.id, self.rank, keys, np.zeros(len(keys), np.int64), rows)
+        pos = np.zeros(len(keys), np.int64) if pos is None else pos
+        return Msg(tag, t, h.id, self.rank, keys, pos, rows)

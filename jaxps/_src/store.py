@@ -109,7 +109,7 @@ class ReplicaStore:
 
     Only changed rows travel: a replica keeps the owner's *stamp* of the row its base
     copies (``TableState.stamps``), sends deltas only for replicas written since the last
-    sync (``dirty``), and the owner answers rows only where its stamp differs.
+    sync (``RowStore.writes`` > 0), and the owner answers rows only where its stamp differs.
     """
 
     def __init__(self, num_keys: int, width: int):
