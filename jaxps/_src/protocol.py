@@ -90,12 +90,17 @@ def pack(table: int, req: int, origin: int, keys: np.ndarray, pos: np.ndarray,
          rows: np.ndarray | None = None, *, hops: int = 0, aux: int = -1) -> np.ndarray:
     """One message buffer (uint8) from its parts; copies them once."""
     n = len(keys)
-    header = np.array([table, req, origin, n, hops, aux, 0, 0], np.int64)
-    parts = [header.view(np.uint8), np.ascontiguousarray(keys, np.int64).view(np.uint8),
-             np.ascontiguousarray(pos, np.int64).view(np.uint8)]
-    if rows is not None:
-        parts.append(np.ascontiguousarray(rows, np.float32).reshape(-1).view(np.uint8))
-    return np.concatenate(parts)
+    m = 0 if rows is None else len(rows)
+    width = rows.shape[1] if m else 0
+    end = HEADER_BYTES + 16 * n
+    buf = np.empty(end + 4 * m * width, np.uint8)
+    words = buf[:end].view(np.int64)
+    words[:HEADER_WORDS] = (table, req, origin, n, hops, aux, 0, 0)
+    words[HEADER_WORDS:HEADER_WORDS + n] = keys
+    words[HEADER_WORDS + n:] = pos
+    if m:
+        buf[end:].view(np.float32).reshape(m, width)[...] = rows
+    return buf
 
 
 def unpack(buf: np.ndarray, width: int | None):

@@ -85,7 +85,10 @@ class Transport:
     def send(self, dest: int, tag: int, buf: np.ndarray) -> None:
         """Queue one message; the buffer must not be modified afterwards."""
         self._outbox.append((dest, tag, buf))
-        self._wake.set()
+        # The transport thread itself (sending replies) flushes the outbox before it sleeps
+        # again; waking it is for the user's threads (an Event.set costs a lock and a notify).
+        if threading.get_ident() != self._thread.ident:
+            self._wake.set()
 
     def barrier(self) -> threading.Event:
         """Start a non-blocking barrier on the transport thread; returns its completion event.
@@ -158,7 +161,7 @@ class Transport:
                     self._inflight = [self._inflight[i] for i in sorted(keep)]
             if self._stop and not self._outbox:
                 return
-            if progressed:
+            if progressed or self._outbox:  # (the poll may have queued messages)
                 sleep = MIN_IDLE_SLEEP
                 last_traffic = time.monotonic()
                 continue
