@@ -185,6 +185,14 @@ class Engine(ReplicaProtocol):
             elif m.tag is Tag.REPLICA:
                 self._learn_owner(m.table, m.keys, source)
                 self.on_replica(m)
+            elif m.tag is Tag.GRANT:  # a REPLICA and a TRANSFER in one message
+                moved = slice(0, m.aux)
+                copied = slice(m.aux, len(m.keys))
+                self._learn_owner(m.table, m.keys[copied], source)
+                self.on_replica(Msg(Tag.REPLICA, m.table, m.req, m.origin, m.keys[copied],
+                                    m.pos[copied], m.rows[copied]))
+                self._on_transfer(Msg(Tag.TRANSFER, m.table, m.req, m.origin, m.keys[moved],
+                                      m.pos[moved], m.rows[moved]))
             else:
                 raise ProtocolError(f"rank {self.rank}: unexpected tag {m.tag!r}")
 
@@ -244,9 +252,13 @@ class Engine(ReplicaProtocol):
         else:
             self.apply_owner(m, slots)
 
-    def hand_over(self, m: Msg, slots: np.ndarray, to: int) -> None:
+    def hand_over(self, m: Msg, slots: np.ndarray, to: int, *, send: bool = True) -> Msg:
         """Move owned keys ``m.keys`` (at ``slots``) to rank ``to``: TRANSFER the rows
-        (answering request ``m.req`` there), leave a hint, tell the homes (lock held)."""
+        (answering request ``m.req`` there), leave a hint, tell the homes (lock held).
+
+        Returns the TRANSFER; with ``send=False`` the caller sends it (in a GRANT)
+        before anything else goes to ``to``.
+        """
         t = m.table
         rows = t.store.remove(m.keys, slots)
         version = t.version[m.keys] + 1
@@ -254,7 +266,9 @@ class Engine(ReplicaProtocol):
         t.holders[m.keys] = 0
         t.hint[m.keys] = to
         self.stats["relocations_out"] += len(m.keys)
-        self.send(to, m.replace(tag=Tag.TRANSFER, rows=rows, pos=pos, hops=0))
+        transfer = m.replace(tag=Tag.TRANSFER, rows=rows, pos=pos, hops=0)
+        if send:
+            self.send(to, transfer)
         update = Msg(Tag.OWNER, t, 0, self.rank, m.keys,
                      protocol.versioned(version, np.full(len(m.keys), to)))
         home = m.keys % self.size
@@ -267,6 +281,7 @@ class Engine(ReplicaProtocol):
             if not self._owner_updates:
                 self._owner_since = time.monotonic()
             self._owner_updates.append(update.subset(~mine))
+        return transfer
 
     def poll(self) -> None:
         """Transport callback, once per loop: sends OWNER updates batched long enough."""

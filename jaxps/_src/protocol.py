@@ -43,6 +43,8 @@ class Tag(enum.IntEnum):
                     #   hands the keys over at once (TRANSFER, and OWNER to the home)
     REPLICA = 12    # owner -> rank: rows for a new replica (others use the keys too);
                     #   pos = the rows' stamps
+    GRANT = 13      # owner -> rank: the answer to an INTENT that both hands keys over and
+                    #   copies others: the first AUX keys as a TRANSFER, the rest as a REPLICA
     DROP = 14       # replica -> owner: residual delta of a dropped replica -> WRITE_ACK
     OWNER = 15      # old owner -> home: new owners of keys; pos = versioned(relocation
                     #   counter, new owner); the home ignores updates older than the newest
@@ -52,7 +54,7 @@ class Tag(enum.IntEnum):
 REQUESTS = frozenset({Tag.PULL, Tag.PUSH, Tag.SET, Tag.RELOCATE, Tag.SYNC, Tag.INTENT,
                       Tag.DROP})
 CARRIES_ROWS = frozenset({Tag.PULL_REPLY, Tag.PUSH, Tag.SET, Tag.TRANSFER, Tag.SYNC,
-                          Tag.SYNC_REPLY, Tag.REPLICA, Tag.DROP})
+                          Tag.SYNC_REPLY, Tag.REPLICA, Tag.GRANT, Tag.DROP})
 
 
 class H(enum.IntEnum):
@@ -63,7 +65,7 @@ class H(enum.IntEnum):
     ORIGIN = 2  # rank waiting for the reply
     N = 3       # number of keys
     HOPS = 4    # times this request was forwarded
-    AUX = 5     # tag-specific: new owner for LOCALIZE / RELOCATE
+    AUX = 5     # tag-specific: new owner for LOCALIZE / RELOCATE, keys moved for GRANT
     SEQ = 6     # reserved
     SPARE = 7
 

@@ -68,15 +68,23 @@ class ReplicaProtocol:
         # instead of moving to each rank that asks first in a quiet moment).
         shared = ((t.intent_end[m.keys] > self.clock) | (t.holders[m.keys] > 0)
                   | (t.shared_at[m.keys] + SHARED_MEMORY >= self.clock))
+        replica = None
         if shared.any():
             keys = m.keys[shared]
             t.holders[keys] += 1
             t.shared_at[keys] = self.clock
-            self.send(m.origin, m.subset(shared).replace(
-                hops=0, rows=t.store.values[slots[shared]],
-                pos=t.stamps(keys, slots[shared])), Tag.REPLICA)
-        if not shared.all():
-            self.hand_over(m.subset(~shared), slots[~shared], m.origin)
+            replica = m.subset(shared).replace(hops=0, rows=t.store.values[slots[shared]],
+                                               pos=t.stamps(keys, slots[shared]))
+        if shared.all():
+            self.send(m.origin, replica, Tag.REPLICA)
+            return
+        moved = self.hand_over(m.subset(~shared), slots[~shared], m.origin,
+                               send=replica is None)
+        if replica is not None:  # one message for both answers
+            self.send(m.origin, moved.replace(
+                tag=Tag.GRANT, keys=np.concatenate([moved.keys, replica.keys]),
+                pos=np.concatenate([moved.pos, replica.pos]),
+                rows=np.concatenate([moved.rows, replica.rows]), aux=len(moved.keys)))
 
     # ----- at the requester: answers to INTENT, SYNC ----------------------------------------
     def on_replica(self, m) -> None:
