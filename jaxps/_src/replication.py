@@ -1,9 +1,10 @@
 """Replicas: sync rounds, intent-driven replica creation and dropping (NuPS, AdaPS).
 
 A replica of key k on rank R is a copy that serves R's own reads and writes locally.
-Writes accumulate in it; a *sync round* sends ``value - base`` of every replica to the
-owners, which add it and answer the fresh row; the replica keeps updates made while the
-round was in flight (``ReplicaStore.refresh``). No delta is lost: a delta is either in
+Writes accumulate in it; a *sync round* sends ``value - base`` of every replica written
+since the last round to the owners, which add it and answer the fresh rows of the replicas
+whose row changed (stamps); the replica keeps updates made while the round was in flight
+(``ReplicaStore.refresh``). No delta is lost: a delta is either in
 the replica (``value - base``) or in a SYNC/DROP message that the owner applies exactly
 once (messages are forwarded and queued like pushes when the owner moves).
 
