@@ -155,6 +155,17 @@ def test_ps_training_equals_local_training(technique):
     np.testing.assert_array_equal(got["b"][untouched], init["b"][untouched])
 
 
+def _running_max_changes(raw) -> int:
+    """Compiles of a grow-only padding: one per change of the running max bucket pair."""
+    seen, floor = 0, (0, 0)
+    for i, j, _ in raw:
+        b = (bucket_size(len(np.unique(i)), min_size=4), bucket_size(len(np.unique(j)), min_size=4))
+        new = (max(floor[0], b[0]), max(floor[1], b[1]))
+        seen += new != floor
+        floor = new
+    return seen
+
+
 def test_no_recompiles_after_warm_up():
     raw = raw_batches(1, 30, spread=(3, 40))
     counts = {len(np.unique(i)) for i, _, _ in raw}
@@ -163,11 +174,45 @@ def test_no_recompiles_after_warm_up():
         trainer = SparseTrainer(ps, loss_fn, optimizers(), min_bucket=4)
         first = trainer.train_epoch(ps_batches(raw))
         second = trainer.train_epoch(ps_batches(raw[::-1]))
-    buckets = {(bucket_size(len(np.unique(i)), min_size=4), bucket_size(len(np.unique(j)), min_size=4))
-               for i, j, _ in raw}
-    assert first.new_compiles == trainer.compiles == len(buckets)
-    assert second.new_compiles == 0 and second.compiles == len(buckets)
+    # Padded sizes only grow: a compile per new largest bucket, none once it settled.
+    assert first.new_compiles == trainer.compiles == _running_max_changes(raw) < len(counts)
+    assert second.new_compiles == 0 and second.compiles == first.compiles
     assert first.batches == second.batches == 30 and first.examples == 30 * 16
+
+
+def test_max_keys_compile_once_up_front():
+    raw = raw_batches(1, 30, spread=(3, 40))
+    with ParameterServer(tables()) as ps:
+        before = {t: ps.pull(t, np.arange(spec.num_keys)) for t, spec in ps.tables.items()}
+        trainer = SparseTrainer(ps, loss_fn, optimizers(), min_bucket=4,
+                                max_keys={"a": 40, "b": 40})
+        assert trainer.compile(next(iter(ps_batches(raw)))) == 1
+        # compile() ran the step on zero rows and pushed nothing.
+        for t, rows in before.items():
+            np.testing.assert_array_equal(ps.pull(t, np.arange(len(rows))), rows)
+        epoch = trainer.train_epoch(ps_batches(raw))
+        assert epoch.new_compiles == 0 and trainer.compiles == 1
+
+
+def test_max_keys_too_small_says_which_table():
+    raw = raw_batches(1, 3, spread=(30, 40))
+    with ParameterServer(tables()) as ps:
+        trainer = SparseTrainer(ps, loss_fn, optimizers(), min_bucket=4, max_keys={"a": 5})
+        with pytest.raises(InputError, match="max_keys.*'a'"):
+            trainer.train_epoch(ps_batches(raw))
+
+
+def test_nan_step_pushes_nothing():
+    raw = raw_batches(1, 2, spread=(3, 10))
+
+    def nan_loss(rows, data):
+        return loss_fn(rows, data) * jnp.nan
+
+    with ParameterServer(tables()) as ps:
+        before = ps.pull("a", np.arange(ps.tables["a"].num_keys))
+        with pytest.raises(InputError, match="NaN or Inf.*nothing of this batch"):
+            SparseTrainer(ps, nan_loss, optimizers()).train_epoch(ps_batches(raw))
+        np.testing.assert_array_equal(ps.pull("a", np.arange(len(before))), before)
 
 
 class _RecordingPs(ParameterServer):

@@ -137,6 +137,25 @@ class ParameterServer:
         """Non-blocking pull; ``wait(handle)`` returns the rows."""
         t = self._table(table)
         keys = validate.keys(t.name, t.spec, keys)
+        return self._start_pull(t, keys, np.empty((len(keys), t.spec.width), np.float32))
+
+    # The trainer's fast path (jaxps._src.trainer): its keys are validated once per batch
+    # in the batch thread, its deltas checked for NaN inside the jitted step.
+    def _checked_keys(self, table: str, keys) -> np.ndarray:
+        """``keys`` of ``table`` validated as for ``pull`` (int64 [n])."""
+        t = self._table(table)
+        return validate.keys(t.name, t.spec, keys)
+
+    def _pull_into(self, table: str, keys: np.ndarray, out: np.ndarray) -> Handle:
+        """Pull validated ``keys`` into ``out[:len(keys)]`` (float32 [>= n, width])."""
+        t = self._table(table)
+        return self._start_pull(t, keys, out[:len(keys)])
+
+    def _push_checked(self, table: str, keys: np.ndarray, deltas: np.ndarray) -> Handle:
+        """Push with validated, unique ``keys`` and finite float32 ``deltas`` [n, width]."""
+        return self._write(Tag.PUSH, self._table(table), keys, deltas)
+
+    def _start_pull(self, t: TableState, keys: np.ndarray, out: np.ndarray) -> Handle:
         self._fence(t, keys)
         eng = self._engine
         with eng.lock:
@@ -144,8 +163,8 @@ class ParameterServer:
             local = slots >= 0
             if local.all():
                 self._stats["pull_local"] += len(keys)
-                return completed("pull", t.name, t.store.values[slots])
-            out = np.empty((len(keys), t.spec.width), np.float32)
+                np.take(t.store.values, slots, axis=0, out=out, mode="clip")
+                return completed("pull", t.name, out)
             out[local] = t.store.values[slots[local]]
             if t.replicas is not None:  # owned or ready replicas only: answer here
                 rslots = t.replicas.slot[keys[~local]]

@@ -146,6 +146,11 @@ class SparseTrainer:
       lookahead: L >= 0: before batch t runs, signal intent for batch t + L (0: no intents).
       prefetch: batches prepared ahead by the background thread (>= lookahead + 1).
       min_bucket: the smallest padded unique-key count.
+      max_keys: table -> the most unique keys a batch can have (e.g. KGE entities:
+        2 x batch size + negatives). Given, every batch of the table is padded to that one
+        bucket size, so the step compiles once (``compile``) and never mid-epoch. Without
+        it the padded size only grows (the largest bucket met so far), so a run compiles
+        at most a few times, early.
 
     Thread-safety: one thread drives a trainer; the trainer runs one background thread
     per ``train_epoch`` for the batch source (which must therefore be safe to iterate in
@@ -153,7 +158,8 @@ class SparseTrainer:
     """
 
     def __init__(self, ps, loss_fn: Callable, optimizers: Mapping[str, RowOptimizer], *,
-                 lookahead: int = 1, prefetch: int = 4, min_bucket: int = 64):
+                 lookahead: int = 1, prefetch: int = 4, min_bucket: int = 64,
+                 max_keys: Mapping[str, int] | None = None):
         if not optimizers:
             raise InputError("SparseTrainer: optimizers must map at least one table to a "
                              "RowOptimizer, e.g. {'entity': jaxps.row_adagrad(0.1)}")
@@ -164,7 +170,7 @@ class SparseTrainer:
         self.prefetch = max(prefetch, lookahead + 1)
         self.min_bucket = min_bucket
         self._opt = dict(optimizers)
-        self._dims = {}
+        self._dims, self._widths = {}, {}
         for table, opt in self._opt.items():
             spec = ps.tables.get(table)
             if spec is None:
@@ -176,6 +182,19 @@ class SparseTrainer:
                     f"it as TableSpec(..., state_dim=opt.state_dim(dim), "
                     f"state_init=opt.state_init)")
             self._dims[table] = spec.dim
+            self._widths[table] = spec.width
+        # Padded size per table: never shrinks, so shapes (and compiles) settle early.
+        self._floor = {t: min_bucket for t in self._opt}
+        for table, n in (max_keys or {}).items():
+            if table not in self._opt:
+                raise InputError(f"SparseTrainer: max_keys names {table!r}, which has no "
+                                 f"optimizer; trained tables are {sorted(self._opt)}")
+            if not isinstance(n, (int, np.integer)) or n < 1:
+                raise InputError(f"SparseTrainer: max_keys[{table!r}] must be an int >= 1, "
+                                 f"got {n!r}")
+            self._floor[table] = bucket_size(int(n), min_size=min_bucket)
+        self._fixed = set(max_keys or ())
+        self._check_finite = getattr(ps, "_check_finite", True)
         self._compiles = 0
         self._step = jax.jit(self._make_step(loss_fn))
 
@@ -190,10 +209,14 @@ class SparseTrainer:
         def step(rows, counts, data):
             self._compiles += 1  # runs while tracing only: counts compilations
             loss, deltas = loss_and_row_deltas(loss_fn, opts, dims, rows, data)
+            finite = jnp.isfinite(loss)
             for t, delta in deltas.items():
                 valid = jnp.arange(delta.shape[0]) < counts[t]
                 deltas[t] = jnp.where(valid[:, None], delta, 0.0)
-            return loss, deltas
+                # Checked here, fused into the step, instead of a pass over the deltas on
+                # the host at every push (the PS's check_finite).
+                finite &= jnp.isfinite(deltas[t]).all()
+            return loss, deltas, finite
 
         return step
 
@@ -215,13 +238,45 @@ class SparseTrainer:
             if k.ndim != 1 or k.dtype.kind not in "iu":
                 raise InputError(f"batch keys of table {table!r} must be a 1-D int array, got "
                                  f"{k.dtype} {k.shape}; build them with jaxps.index_batch")
-            prepared[table] = k.astype(np.int64, copy=False)
+            k = self.ps._checked_keys(table, k)  # once here, not at every PS call
+            if len(k) > 1 and not (k[1:] > k[:-1]).all() and len(np.unique(k)) != len(k):
+                raise InputError(f"batch keys of table {table!r} have duplicates; a batch "
+                                 f"lists each key once (build them with jaxps.index_batch)")
+            if table in self._fixed and len(k) > self._floor[table]:
+                raise InputError(f"batch has {len(k)} keys of table {table!r}, more than "
+                                 f"SparseTrainer's max_keys bucket {self._floor[table]}; "
+                                 f"raise max_keys[{table!r}]")
+            prepared[table] = k
         data = jax.tree_util.tree_map(np.asarray, data)
         if n is None:
             leaves = jax.tree_util.tree_leaves(data)
             n = len(leaves[0]) if leaves and np.ndim(leaves[0]) else 1
         sizes = {t: bucket_size(len(k), min_size=self.min_bucket) for t, k in prepared.items()}
         return _Prepared(prepared, sizes, data, int(n))
+
+    def _padded_sizes(self, b: _Prepared) -> dict:
+        """Bucket sizes for ``b`` on the training thread: at least the floor, which grows."""
+        for t, n in b.sizes.items():
+            if n > self._floor[t]:
+                self._floor[t] = n
+        return dict(self._floor)
+
+    def compile(self, example) -> int:
+        """Compile the step for ``example`` (a batch as the source yields it) now, at the
+        padded sizes later batches will use; returns the number of new compilations.
+
+        With ``max_keys`` for every trained table this is the only compilation of a run:
+        call it before the first epoch so that no epoch stalls mid-way (and timings never
+        include one). Runs the step once on zero rows, which changes nothing in the PS.
+        """
+        b = self._prepare(example)
+        before = self._compiles
+        sizes = self._padded_sizes(b)
+        rows = {t: np.zeros((sizes[t], self._widths[t]), np.float32) for t in b.keys}
+        counts = {t: np.int32(0) for t in b.keys}
+        out = self._step(rows, counts, b.data)
+        jax.block_until_ready(out)
+        return self._compiles - before
 
     def _produce(self, batches: Iterable, out: queue.Queue, stop: threading.Event) -> None:
         def put(x) -> bool:
@@ -314,18 +369,25 @@ class SparseTrainer:
     def _run(self, b: _Prepared):
         """Pull, step, push, tick for one batch; returns the (device) loss."""
         ps = self.ps
-        handles = {t: ps.pull_async(t, k) for t, k in b.keys.items()}
-        rows, counts = {}, {}
-        for t, h in handles.items():
-            pulled = ps.wait(h)
-            padded = _aligned_empty((b.sizes[t], pulled.shape[1]))
-            padded[:len(pulled)] = pulled
-            padded[len(pulled):] = 0.0
-            rows[t], counts[t] = padded, np.int32(len(pulled))
-        loss, deltas = self._step(rows, counts, b.data)
+        sizes = self._padded_sizes(b)
+        rows, counts, handles = {}, {}, []
+        for t, k in b.keys.items():
+            # Rows land directly in the step's padded, aligned input (no second copy).
+            padded = _aligned_empty((sizes[t], self._widths[t]))
+            padded[len(k):] = 0.0
+            handles.append(ps._pull_into(t, k, padded))
+            rows[t], counts[t] = padded, np.int32(len(k))
+        for h in handles:
+            ps.wait(h)
+        loss, deltas, finite = self._step(rows, counts, b.data)
+        if self._check_finite and not bool(finite):
+            raise InputError(
+                f"the step produced NaN or Inf (loss {float(loss)}) at clock {ps.clock}; "
+                f"nothing of this batch was pushed. Lower the learning rate or check the "
+                f"loss for log(0) / division by zero")
         for t, k in b.keys.items():
             if len(k):
-                ps.push_async(t, k, np.asarray(deltas[t])[:len(k)])
+                ps._push_checked(t, k, np.asarray(deltas[t])[:len(k)])
         ps.advance_clock()
         return loss
 
