@@ -202,8 +202,9 @@ def _ps_rank(problem, spec: dict, comm) -> dict:
         technique = jaxps.Nups(hot_keys=problem.hot_keys(spec["nups_scale"]))
     with jaxps.ParameterServer(problem.tables, technique=technique, comm=comm) as ps:
         trainer = jaxps.SparseTrainer(ps, problem.loss_fn, problem.optimizers,
-                                      lookahead=spec["lookahead"])
+                                      lookahead=spec["lookahead"], max_keys=problem.max_keys)
         source = problem.batches(comm.Get_rank(), comm.Get_size(), ps.owned_keys)
+        trainer.compile(next(source))  # the one shape (max_keys): nothing compiles later
         warm_steps = warm_up(lambda b, f: trainer.train_epoch(b, on_batch=f), source,
                              spec["warmup"], lambda: trainer.compiles)
         warm_compiles = trainer.compiles
@@ -225,7 +226,8 @@ def _ps_rank(problem, spec: dict, comm) -> dict:
 def _local_rank(problem, spec: dict) -> dict:
     from train.bench_local import LocalTrainer
 
-    trainer = LocalTrainer(problem.tables, problem.loss_fn, problem.optimizers)
+    trainer = LocalTrainer(problem.tables, problem.loss_fn, problem.optimizers,
+                           max_keys=problem.max_keys)
     source = problem.batches(0, 1)
     warm_steps = warm_up(lambda b, f: trainer.train(b, on_batch=f), source, spec["warmup"],
                          lambda: trainer.compiles)

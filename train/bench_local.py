@@ -58,13 +58,17 @@ class LocalTrainer:
       loss_fn: pure JAX ``(rows, data) -> scalar`` as for ``jaxps.SparseTrainer``.
       optimizers: table name -> jaxps.RowOptimizer (tables not listed are not trained).
       min_bucket: the smallest padded unique-key count (as the trainer's).
+      max_keys: table -> most unique keys of a batch: one padded size, as the trainer's.
 
     Thread-safety: one thread drives a trainer.
     """
 
     def __init__(self, tables: Mapping, loss_fn: Callable, optimizers: Mapping, *,
-                 min_bucket: int = 64):
+                 min_bucket: int = 64, max_keys: Mapping | None = None):
         self._opt = dict(optimizers)
+        # Padded sizes as SparseTrainer's: fixed by max_keys, else only growing.
+        self._floor = {t: bucket_size(int((max_keys or {}).get(t, 1)), min_size=min_bucket)
+                       for t in self._opt}
         self._dims = {t: tables[t].dim for t in self._opt}
         self._num_keys = {t: tables[t].num_keys for t in self._opt}
         self.min_bucket = min_bucket
@@ -102,6 +106,7 @@ class LocalTrainer:
         for t in self._opt:
             k = np.asarray(keys[t], np.int64)
             size = bucket_size(len(k), min_size=self.min_bucket)
+            size = self._floor[t] = max(size, self._floor[t])  # (batch thread only)
             # Distinct out-of-range keys keep the index sorted and unique.
             pad = self._num_keys[t] + np.arange(size - len(k), dtype=np.int64)
             padded[t] = np.concatenate([k, pad]).astype(np.int32)

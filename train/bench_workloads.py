@@ -44,6 +44,8 @@ class Problem(NamedTuple):
         holds now (``ps.owned_keys``), for workloads that sample locally (NuPS).
       hot_keys: ``scale -> {table: keys}``: the NuPS hot set at ``scale`` x its heuristic.
       info: sizes for the report (entities, relations, triples, dim, batch, ...).
+      max_keys: table -> the most unique keys a batch can have (SparseTrainer's
+        ``max_keys``: one padded shape, compiled before the timed steps).
     """
 
     tables: dict
@@ -52,6 +54,7 @@ class Problem(NamedTuple):
     batches: Callable[..., Iterator]
     hot_keys: Callable[[float], dict]
     info: dict
+    max_keys: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +163,7 @@ def kge_workload(name: str, help: str, config: dict | Callable[[BenchOptions], d
 
     def build(options: BenchOptions, comm) -> Problem:
         import models
-        from train.kge.train import epoch_batches, load, make_loss, make_tables
+        from train.kge.train import epoch_batches, load, make_loss, make_tables, max_keys
 
         config = _kge_config(overrides(options), options)
         dataset = load(config, comm)
@@ -187,7 +190,8 @@ def kge_workload(name: str, help: str, config: dict | Callable[[BenchOptions], d
                 "relations": dataset.num_relations, "train_triples": len(train),
                 "model": config.model, "dim": config.dim, "batch_size": config.batch_size,
                 "negatives": config.negatives, "optimizer": config.optimizer, "lr": config.lr}
-        return Problem(tables, optimizers, make_loss(model, config), batches, hot_keys, info)
+        return Problem(tables, optimizers, make_loss(model, config), batches, hot_keys, info,
+                       max_keys(config, dataset))
 
     return Workload(name, help, unavailable, prepare, build)
 

@@ -176,6 +176,15 @@ def make_tables(model, dataset: KgeDataset, config: KgeConfig):
     return tables, {t: opt for t in tables}
 
 
+def max_keys(config: KgeConfig, dataset: KgeDataset) -> dict:
+    """The most unique keys one batch of ``epoch_batches`` touches per table (heads, tails
+    and negatives; relations and their inverses): SparseTrainer pads every batch to these,
+    so the step compiles once, before the first epoch."""
+    relation_rows = dataset.num_relations * (2 if config.reciprocal else 1)
+    return {"entity": min(dataset.num_entities, 2 * config.batch_size + config.negatives),
+            "relation": min(relation_rows, config.batch_size * (2 if config.reciprocal else 1))}
+
+
 def technique_for(config: KgeConfig, dataset: KgeDataset):
     """The PS technique; "nups" gets NuPS's KGE hot set: every relation and the 1% most
     frequent training entities are replicated, the rest relocated."""
@@ -340,7 +349,11 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
             lines = (out / "metrics.jsonl").read_text().splitlines()
             history = [m for m in map(json.loads, lines) if m["epoch"] < first]
         trainer = SparseTrainer(ps, make_loss(model, config), optimizers,
-                                lookahead=config.lookahead)
+                                lookahead=config.lookahead, max_keys=max_keys(config, dataset))
+        example = next(epoch_batches(train, dataset.num_entities, config, 1, rank, size,
+                                     num_relations=dataset.num_relations), None)
+        if example is not None:  # compiled here, so that no epoch stalls for it
+            trainer.compile(example)
         for epoch in range(first, config.epochs + 1):
             m = _train_epoch(trainer, train, dataset, config, epoch, rank, size)
             # mpi4py's pickle-based reductions (comm.allreduce of Python objects) hold the
