@@ -20,8 +20,10 @@ what it knows is never older than a hand-over it was told about, and a request i
 forwards follows the hints of the hand-overs after that to the key.
 
 Concurrency: all state is guarded by one re-entrant lock, taken by the user's thread
-for local operations and by the transport thread for each message. Messages a rank
-sends to itself are dispatched inline.
+for its operations and by whichever thread handles a received envelope. Messages a rank
+sends to itself are dispatched inline. Messages to other ranks are collected per
+destination and leave as one envelope per destination at ``flush`` (end of a PS call, of
+a handled envelope, or of a transport round for messages a call deferred).
 """
 
 from __future__ import annotations
@@ -100,6 +102,16 @@ class Engine(ReplicaProtocol):
         self._next_req = 0
         self.clock = 0         # this rank's clock (owner-side intent decisions read it)
         self.transport = None  # set by the server when size > 1
+        self._out: dict[int, list[np.ndarray]] = {}  # dest -> packed messages to send
+        self.widths = [t.spec.width for t in tables]
+        self._handlers = {
+            **{tag: (lambda source, m: self.serve(m)) for tag in protocol.REQUESTS},
+            Tag.PULL_REPLY: self._on_pull_reply, Tag.WRITE_ACK: self._on_write_ack,
+            Tag.LOCALIZE: lambda source, m: self._on_localize(m),
+            Tag.OWNER: lambda source, m: self._on_owner(m),
+            Tag.TRANSFER: lambda source, m: self._on_transfer(m),
+            Tag.SYNC_REPLY: self._on_sync_reply_msg, Tag.REPLICA: self._on_replica_msg,
+            Tag.GRANT: self._on_grant}
         self._owner_updates: list[Msg] = []  # OWNER messages batched (OWNER_BATCH_S)
         self._owner_since = 0.0
         # Called (lock held) after a write or sync of this rank was acknowledged; the
@@ -125,14 +137,31 @@ class Engine(ReplicaProtocol):
 
     # ----- sending -----------------------------------------------------------------
     def send(self, dest: int, m: Msg, tag: Tag | None = None) -> None:
-        """Send ``m`` (with ``tag`` if given) to ``dest``; inline when dest is this rank."""
+        """Send ``m`` (with ``tag`` if given) to ``dest``: dispatched inline when dest is
+        this rank, else queued for ``flush`` (lock held)."""
         tag = m.tag if tag is None else tag
         if dest == self.rank:
             self.dispatch(self.rank, m.replace(tag=tag))
             return
         buf = protocol.pack(m.table.index, m.req, m.origin, m.keys, m.pos, m.rows,
-                            hops=m.hops, aux=m.aux)
-        self.transport.send(dest, int(tag), buf)
+                            hops=m.hops, aux=m.aux, tag=int(tag))
+        out = self._out.get(dest)
+        if out is None:
+            self._out[dest] = [buf]
+        else:
+            out.append(buf)
+
+    def flush(self) -> None:
+        """Send what ``send`` queued: one envelope per destination (lock held)."""
+        if self._out:
+            out, self._out = self._out, {}
+            for dest, parts in out.items():
+                self.transport.post(dest, parts)
+
+    @property
+    def has_unsent(self) -> bool:
+        """Messages wait for ``flush`` (a hint read without the lock)."""
+        return bool(self._out)
 
     def send_grouped(self, dest: np.ndarray, m: Msg) -> None:
         """Split ``m`` by destination rank: one message per destination."""
@@ -146,55 +175,59 @@ class Engine(ReplicaProtocol):
             self.send(int(r), m.subset(order[a:b]))
 
     # ----- receiving ---------------------------------------------------------------
-    def on_message(self, source: int, tag: int, buf: np.ndarray) -> None:
-        """Transport callback: decode and dispatch one message."""
-        tag = _TAGS[tag]
-        header = buf[:protocol.HEADER_BYTES].view(np.int64).tolist()
-        t = self.tables[header[H.TABLE]]
-        width = t.spec.width if tag in protocol.CARRIES_ROWS else None
-        _, keys, pos, rows = protocol.unpack(buf, width)
-        m = Msg(tag, t, header[H.REQ], header[H.ORIGIN], keys, pos, rows, header[H.HOPS],
-                header[H.AUX])
-        self.dispatch(source, m)
+    def on_envelope(self, source: int, buf: np.ndarray) -> None:
+        """Transport callback: handle every message of an envelope, in order, then send
+        the replies (one envelope per destination)."""
+        tables, widths = self.tables, self.widths
+        with self.lock:
+            for header, mbuf in protocol.messages(buf, widths):
+                tag = _TAGS[header[H.TAG]]
+                t = tables[header[H.TABLE]]
+                _, keys, pos, rows = protocol.unpack(
+                    mbuf, t.spec.width if tag in protocol.CARRIES_ROWS else None)
+                self.dispatch(source, Msg(tag, t, header[H.REQ], header[H.ORIGIN], keys, pos,
+                                          rows, header[H.HOPS], header[H.AUX]))
+            self.flush()
 
     def dispatch(self, source: int, m: Msg) -> None:
+        """Handle one message (lock held, or taken here for a message to oneself)."""
+        handler = self._handlers.get(m.tag)
+        if handler is None:
+            raise ProtocolError(f"rank {self.rank}: unexpected tag {m.tag!r}")
         with self.lock:
-            if m.tag in protocol.REQUESTS:
-                self.serve(m)
-            elif m.tag is Tag.PULL_REPLY:
-                self._learn_owner(m.table, m.keys, source)
-                h = self.handles.get(m.req)
-                if h is None:
-                    raise ProtocolError(f"rank {self.rank}: reply for unknown request {m.req}")
-                h.result[m.pos] = m.rows
-                self._answer(m.req, len(m.keys))
-            elif m.tag is Tag.WRITE_ACK:
-                self._learn_owner(m.table, m.keys, source)
-                self._answer(m.req, len(m.keys))
-                self.on_ack()
-            elif m.tag is Tag.LOCALIZE:
-                self._on_localize(m)
-            elif m.tag is Tag.OWNER:
-                self._on_owner(m)
-            elif m.tag is Tag.TRANSFER:
-                self._on_transfer(m)
-            elif m.tag is Tag.SYNC_REPLY:
-                self._learn_owner(m.table, m.keys, source)  # where the next sync goes
-                self.on_sync_reply(m)
-                self.on_ack()
-            elif m.tag is Tag.REPLICA:
-                self._learn_owner(m.table, m.keys, source)
-                self.on_replica(m)
-            elif m.tag is Tag.GRANT:  # a REPLICA and a TRANSFER in one message
-                moved = slice(0, m.aux)
-                copied = slice(m.aux, len(m.keys))
-                self._learn_owner(m.table, m.keys[copied], source)
-                self.on_replica(Msg(Tag.REPLICA, m.table, m.req, m.origin, m.keys[copied],
-                                    m.pos[copied], m.rows[copied]))
-                self._on_transfer(Msg(Tag.TRANSFER, m.table, m.req, m.origin, m.keys[moved],
-                                      m.pos[moved], m.rows[moved]))
-            else:
-                raise ProtocolError(f"rank {self.rank}: unexpected tag {m.tag!r}")
+            handler(source, m)
+
+    def _on_pull_reply(self, source: int, m: Msg) -> None:
+        self._learn_owner(m.table, m.keys, source)
+        h = self.handles.get(m.req)
+        if h is None:
+            raise ProtocolError(f"rank {self.rank}: reply for unknown request {m.req}")
+        h.result[m.pos] = m.rows
+        self._answer(m.req, len(m.keys))
+
+    def _on_write_ack(self, source: int, m: Msg) -> None:
+        self._learn_owner(m.table, m.keys, source)
+        self._answer(m.req, len(m.keys))
+        self.on_ack()
+
+    def _on_sync_reply_msg(self, source: int, m: Msg) -> None:
+        self._learn_owner(m.table, m.keys, source)  # where the next sync goes
+        self.on_sync_reply(m)
+        self.on_ack()
+
+    def _on_replica_msg(self, source: int, m: Msg) -> None:
+        self._learn_owner(m.table, m.keys, source)
+        self.on_replica(m)
+
+    def _on_grant(self, source: int, m: Msg) -> None:
+        """A TRANSFER (the first AUX keys) and a REPLICA (the rest) in one message."""
+        moved = slice(0, m.aux)
+        copied = slice(m.aux, len(m.keys))
+        self._learn_owner(m.table, m.keys[copied], source)
+        self.on_replica(Msg(Tag.REPLICA, m.table, m.req, m.origin, m.keys[copied],
+                            m.pos[copied], m.rows[copied]))
+        self._on_transfer(Msg(Tag.TRANSFER, m.table, m.req, m.origin, m.keys[moved],
+                              m.pos[moved], m.rows[moved]))
 
     # ----- serving requests ----------------------------------------------------------
     def serve(self, m: Msg) -> None:
@@ -284,10 +317,15 @@ class Engine(ReplicaProtocol):
         return transfer
 
     def poll(self) -> None:
-        """Transport callback, once per loop: sends OWNER updates batched long enough."""
+        """Transport callback, once per round: sends OWNER updates batched long enough,
+        and messages a PS call queued without sending (``intent``)."""
         if self._owner_updates and time.monotonic() - self._owner_since >= OWNER_BATCH_S:
             with self.lock:
                 self.flush_owner_updates()
+                self.flush()
+        elif self._out:
+            with self.lock:
+                self.flush()
 
     def flush_owner_updates(self) -> None:
         """Send the batched OWNER updates, one message per table and home (lock held)."""

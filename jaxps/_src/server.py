@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 import threading
 import time
@@ -97,8 +99,10 @@ class ParameterServer:
             if abort_on_error:
                 _install_abort_hooks()
             self._abort_on_error = abort_on_error
-            self._engine.transport = Transport(self._comm, self._engine.on_message, self._stats,
-                                               poll=self._engine.poll)
+            latency, bandwidth = _emulated_network()
+            self._engine.transport = Transport(self._comm, self._engine.on_envelope, self._stats,
+                                               poll=self._engine.poll, net_latency_s=latency,
+                                               net_bandwidth=bandwidth)
             self._engine.transport.start()
         else:
             self._abort_on_error = False
@@ -124,6 +128,7 @@ class ParameterServer:
         if self._engine.transport is not None:
             with self._engine.lock:  # the last OWNER updates; nothing sends after them
                 self._engine.flush_owner_updates()
+                self._engine.flush()
             self._engine.transport.quiesce().wait()
             self._engine.transport.close()
         self._comm.Free()
@@ -176,6 +181,7 @@ class ParameterServer:
             h = eng.new_handle("pull", t, int(np.count_nonzero(~local)), result=out)
             rest = np.flatnonzero(~local)  # replicas answer inline, the rest travels
             eng.serve(Msg(Tag.PULL, t, h.id, self.rank, keys[rest], rest))
+            self._flush()
         return h
 
     def _count_local(self, op: str, t: TableState, keys: np.ndarray, local: np.ndarray) -> None:
@@ -244,6 +250,7 @@ class ParameterServer:
             rest = ~local  # replicas apply inline, the rest travels
             h = eng.new_handle(kind, t, int(np.count_nonzero(rest)), keys=keys[rest])
             eng.serve(Msg(tag, t, h.id, self.rank, keys[rest], np.flatnonzero(rest), rows[rest]))
+            self._flush()
             if self._technique.relocates and not h.done():
                 t.pending_writes.append(h)
         return h
@@ -284,7 +291,9 @@ class ParameterServer:
         t = self._table(table)
         keys = _unique(validate.keys(t.name, t.spec, keys))
         with self._engine.lock:
-            return self._technique.localize(self, t, keys)
+            h = self._technique.localize(self, t, keys)
+            self._flush()
+            return h
 
     def intent(self, table: str, keys, start: int, end: int | None = None) -> None:
         """Declare that this rank will access ``keys`` during its clocks [start, end).
@@ -299,6 +308,8 @@ class ParameterServer:
             return  # every key is here already: nothing to act on
         keys = _unique(keys)
         with self._engine.lock:
+            # Not flushed: the messages go with this rank's next PS call (the trainer's
+            # pulls follow at once), or with the transport's next round.
             self._technique.on_intent(self, t, keys, start, end)
 
     def advance_clock(self) -> int:
@@ -317,7 +328,14 @@ class ParameterServer:
             for t in eng.tables:
                 if t.replicas is not None:
                     self._sync_round(t, force=False)
+        with eng.lock:
+            self._flush()
         return self._clock
+
+    def _flush(self) -> None:
+        """Send the messages this call queued, one envelope per destination (lock held)."""
+        if self._engine.transport is not None:
+            self._engine.flush()
 
     def _sync_round(self, t: TableState, *, force: bool) -> None:
         """Collect a finished sync round of ``t`` and start the next one.
@@ -361,12 +379,23 @@ class ParameterServer:
 
     # ----- waiting and synchronization --------------------------------------------------
     def wait(self, handle: Handle | None):
-        """Block until ``handle`` completed; returns pulled rows for a pull, else None."""
+        """Block until ``handle`` completed; returns pulled rows for a pull, else None.
+
+        While it waits, this thread receives and handles the PS's messages itself (the
+        reply it waits for among them), instead of waking the transport thread for them.
+        """
         if handle is None:
             return None
         if not handle.done():
             t0 = time.perf_counter()
-            handle._event.wait()
+            transport = self._engine.transport
+            if transport is None:
+                handle._event.wait()
+            else:
+                if self._engine.has_unsent:
+                    with self._engine.lock:
+                        self._engine.flush()
+                transport.drive(handle.done, handle._event)
             dt = time.perf_counter() - t0
             self._stats["wait_seconds"] += dt
             self._stats[f"wait_{handle.kind}_seconds"] += dt
@@ -404,11 +433,12 @@ class ParameterServer:
         """Collective: wait for own operations, then for every rank to arrive."""
         with self._engine.lock:
             self._engine.flush_owner_updates()
+            self._flush()
         self.wait_all()
         if self.size > 1:
             done = self._engine.transport.barrier()
             t0 = time.perf_counter()
-            done.wait()
+            self._engine.transport.drive(done.is_set, done)
             dt = time.perf_counter() - t0
             self._stats["wait_seconds"] += dt
             self._stats["wait_barrier_seconds"] += dt
@@ -473,6 +503,23 @@ def _sum_duplicates(keys: np.ndarray, rows: np.ndarray):
         return keys, rows
     starts = np.flatnonzero(first)
     return sk[starts], np.add.reduceat(rows[order], starts, axis=0)
+
+
+def _emulated_network() -> tuple[float, float]:
+    """(one-way latency s, bandwidth bytes/s) of the emulated network, from the debug
+    switches JAXPS_NET_LATENCY_US and JAXPS_NET_GBITS (unset: none)."""
+    values = []
+    for name, scale in (("JAXPS_NET_LATENCY_US", 1e-6), ("JAXPS_NET_GBITS", 1e9 / 8)):
+        raw = os.environ.get(name, "").strip()
+        try:
+            value = float(raw) if raw else 0.0
+        except ValueError:
+            value = -1.0
+        if not math.isfinite(value) or value < 0:
+            raise InputError(f"environment variable {name}={raw!r} must be a number >= 0 "
+                             f"(unset it for no emulated network)")
+        values.append(value * scale)
+    return values[0], values[1]
 
 
 _hooks_installed = False

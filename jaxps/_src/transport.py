@@ -1,14 +1,28 @@
-"""The transport thread: the only thread that calls MPI on the PS communicator.
+"""The transport: envelopes over MPI, progress driven by whichever thread needs it.
 
-Why one thread: MPICH's blocking calls spin a core, and this machine (and CI) has
-two. The user's threads never block in MPI; they enqueue messages and wait on a
-``threading.Event`` (a futex: no CPU while waiting). The transport thread polls
-``Improbe`` and, when nothing happens, sleeps with exponential backoff, capped at
-``BUSY_MAX_SLEEP`` while messages flowed recently and at ``MAX_IDLE_SLEEP`` after a
-quiet spell: an idle PS costs ~1-2% of a core, a busy one answers within ~0.2 ms. A user thread that enqueues a message wakes it at once.
+Why this shape: MPICH's blocking calls spin a core, and this machine (and CI) has two
+cores shared by the ranks, their XLA threads and the PS. Nothing here blocks in MPI:
 
-Any exception in the transport thread ends the whole MPI job (``MPI.Abort``) after
-printing it: a PS with a dead service thread would leave the other ranks hanging.
+  * Sends go out from the thread that makes them (``post``: one ``Isend`` of one
+    envelope per destination), with the engine lock held, so per-pair order is the order
+    of the state changes. No thread is woken for a send.
+  * Receiving is ``progress()``: probe, receive and handle whatever arrived. The user's
+    thread calls it while it waits for a reply (``ParameterServer.wait``), so the answer
+    it waits for is handled without a thread switch; the service thread calls it
+    otherwise, to answer peers while the user's thread computes.
+  * The service thread sleeps on an ``Event`` between rounds (a futex: no CPU), for
+    ``MIN_SLEEP`` after traffic, doubling up to ``BUSY_MAX_SLEEP`` while messages flowed
+    within ``QUIET_AFTER`` seconds and up to ``MAX_IDLE_SLEEP`` after that. While the
+    user's thread drives progress itself (waiting), the service thread stands down.
+    Busy, it wakes at most ~1/BUSY_MAX_SLEEP times a second; idle, ~200 times.
+
+Emulated network (``net_latency_s``, ``net_bandwidth``): each envelope carries its send
+time; a received envelope is handled only once ``send time + latency + its bytes /
+bandwidth`` has passed (after the previous one from the same peer: FIFO holds), as a
+network would deliver it. The sender's CPU is not delayed.
+
+Any exception in the service thread ends the whole MPI job (``MPI.Abort``) after printing
+it: a PS with a dead service thread would leave the other ranks hanging.
 """
 
 from __future__ import annotations
@@ -23,10 +37,13 @@ from typing import Callable
 import numpy as np
 from mpi4py import MPI
 
-MIN_IDLE_SLEEP = 20e-6
-BUSY_MAX_SLEEP = 2e-4   # cap while traffic is recent: replies are noticed within ~0.2 ms
+from . import protocol
+
+MIN_SLEEP = 50e-6
+BUSY_MAX_SLEEP = 5e-4   # cap while traffic is recent: a peer's request waits <= ~0.5 ms
 MAX_IDLE_SLEEP = 5e-3   # cap once quiet for QUIET_AFTER seconds: ~1% of a core
 QUIET_AFTER = 0.25
+ENVELOPE_TAG = 7
 
 
 def abort_job(where: str) -> None:
@@ -46,55 +63,144 @@ def abort_now() -> None:
 
 
 class Transport:
-    """Sends and receives PS messages on ``comm`` from a background thread.
+    """Envelopes between the ranks of ``comm``, and the thread that serves peers.
 
     Args:
       comm: the PS's own communicator (a clone, so user messages never collide).
-      handle: ``handle(source, tag, buf)`` called on the transport thread for each
-        received message, in per-source FIFO order; also called for messages a rank
-        sends to itself.
-      stats: dict of counters updated for bytes/messages.
-      poll: called on the transport thread once per loop iteration (at least every
-        ``MAX_IDLE_SLEEP``), for work the handler batches over time.
+      handle: ``handle(source, envelope)`` for each received envelope, in per-source FIFO
+        order, on whichever thread runs ``progress``.
+      stats: dict of counters updated for bytes/messages (envelopes).
+      poll: called once per progress round (at least every ``MAX_IDLE_SLEEP`` seconds),
+        for work the handler batches over time.
+      net_latency_s, net_bandwidth: the emulated network (one-way seconds, bytes/s; 0 =
+        none).
 
-    Thread-safety: ``send`` and ``barrier`` may be called from any thread.
+    Thread-safety: ``post`` with the caller's engine lock held; ``progress``, ``barrier``
+    and ``quiesce`` from any thread.
     """
 
-    def __init__(self, comm: MPI.Comm, handle: Callable[[int, int, np.ndarray], None],
-                 stats: dict, poll: Callable[[], None] | None = None):
+    def __init__(self, comm: MPI.Comm, handle: Callable[[int, np.ndarray], None],
+                 stats: dict, poll: Callable[[], None] | None = None, *,
+                 net_latency_s: float = 0.0, net_bandwidth: float = 0.0):
         self.comm = comm
         self._poll = poll
         self.rank = comm.Get_rank()
         self._handle = handle
         self._stats = stats
-        self._outbox: collections.deque = collections.deque()   # (dest, tag, buf)
         self._inflight: list[tuple[MPI.Request, np.ndarray]] = []
         self._collectives: collections.deque = collections.deque()  # (start_fn, event)
         self._active: list = []  # (request, extra completion check or None, event)
         size = comm.Get_size()
-        self._sent_to = np.zeros(size, np.int64)      # messages sent to each rank
+        self._sent_to = np.zeros(size, np.int64)      # envelopes sent to each rank
         self._received_from = np.zeros(size, np.int64)
+        self._latency_ns = int(net_latency_s * 1e9)
+        self._ns_per_byte = 1e9 / net_bandwidth if net_bandwidth else 0.0
+        self._delayed: collections.deque = collections.deque()  # (due ns, source, buf)
+        self._due_from = np.zeros(size, np.int64)     # last delivery time per peer (FIFO)
+        self._progress_lock = threading.Lock()
+        self._drivers = 0  # user threads driving progress themselves (waiting)
         self._wake = threading.Event()
         self._stop = False
+        self._status = MPI.Status()
         self._thread = threading.Thread(target=self._run, name="jaxps-transport", daemon=True)
 
     def start(self) -> None:
-        """Start serving. Call once the handler can take messages."""
+        """Start the service thread. Call once the handler can take messages."""
         self._thread.start()
 
-    def send(self, dest: int, tag: int, buf: np.ndarray) -> None:
-        """Queue one message; the buffer must not be modified afterwards."""
-        self._outbox.append((dest, tag, buf))
-        # The transport thread itself (sending replies) flushes the outbox before it sleeps
-        # again; waking it is for the user's threads (an Event.set costs a lock and a notify).
-        if threading.get_ident() != self._thread.ident:
-            self._wake.set()
+    @property
+    def thread_id(self) -> int | None:
+        """The service thread's native id (for per-thread CPU accounting)."""
+        return self._thread.native_id
 
+    def post(self, dest: int, parts: list[np.ndarray]) -> None:
+        """Send the messages ``parts`` to ``dest`` as one envelope. Engine lock held;
+        the buffers must not be modified afterwards."""
+        buf = protocol.envelope(parts, time.monotonic_ns() if self._latency_ns or
+                                self._ns_per_byte else 0)
+        req = self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=ENVELOPE_TAG)
+        self._inflight.append((req, buf))
+        self._stats["bytes_sent"] += len(buf)
+        self._stats["messages_sent"] += 1
+        self._sent_to[dest] += 1
+
+    # ----- progress ---------------------------------------------------------------------
+    def progress(self) -> bool:
+        """Receive and handle what has arrived (and is due), advance collectives and sends.
+        Returns whether anything happened; a no-op if another thread is at it."""
+        if not self._progress_lock.acquire(blocking=False):
+            return False
+        try:
+            return self._progress()
+        finally:
+            self._progress_lock.release()
+
+    def _progress(self) -> bool:
+        progressed = False
+        status = self._status
+        while (msg := self.comm.improbe(MPI.ANY_SOURCE, ENVELOPE_TAG, status)) is not None:
+            buf = np.empty(status.Get_count(MPI.BYTE), np.uint8)
+            msg.Recv([buf, MPI.BYTE])
+            source = status.Get_source()
+            self._stats["bytes_received"] += len(buf)
+            self._stats["messages_received"] += 1
+            self._received_from[source] += 1
+            progressed = True
+            if self._latency_ns or self._ns_per_byte:
+                self._delay(source, buf)
+            else:
+                self._handle(source, buf)
+        if self._delayed:
+            now = time.monotonic_ns()
+            while self._delayed and self._delayed[0][0] <= now:
+                _, source, buf = self._delayed.popleft()
+                self._handle(source, buf)
+                progressed = True
+        if self._poll is not None:
+            self._poll()
+        if self._collectives or self._active:
+            progressed |= self._progress_collectives()
+        if len(self._inflight) > 8:
+            done = MPI.Request.Testsome([r for r, _ in self._inflight])
+            if done:
+                keep = set(range(len(self._inflight))) - set(done)
+                self._inflight = [self._inflight[i] for i in sorted(keep)]
+        return progressed
+
+    def _delay(self, source: int, buf: np.ndarray) -> None:
+        """Hold ``buf`` until the emulated network would have delivered it."""
+        sent = protocol.envelope_send_ns(buf)
+        due = max(sent + self._latency_ns, int(self._due_from[source]))
+        due += int(len(buf) * self._ns_per_byte)
+        self._due_from[source] = due
+        # One latency for all: envelopes become due in arrival order, except that a
+        # bandwidth cap can make a big one from one peer due after a small one from another.
+        self._delayed.append((due, source, buf))
+        if len(self._delayed) > 1 and self._delayed[-2][0] > due:
+            self._delayed = collections.deque(sorted(self._delayed, key=lambda x: x[0]))
+
+    def drive(self, done: Callable[[], bool], event: threading.Event) -> None:
+        """Make progress from the calling thread until ``done()`` (waiting on ``event``
+        between rounds, backing off like the service thread)."""
+        self._drivers += 1
+        try:
+            sleep = MIN_SLEEP / 4
+            while not done():
+                if self.progress():
+                    sleep = MIN_SLEEP / 4
+                    continue
+                if event.wait(sleep):
+                    return
+                sleep = min(2 * sleep, BUSY_MAX_SLEEP)
+        finally:
+            self._drivers -= 1
+
+    # ----- collectives ---------------------------------------------------------------------
     def barrier(self) -> threading.Event:
-        """Start a non-blocking barrier on the transport thread; returns its completion event.
+        """Start a non-blocking barrier; returns its completion event (set by progress).
 
-        The transport keeps serving requests while the barrier is pending, which a
-        blocking MPI_Barrier in the user's thread would not guarantee.
+        The PS keeps serving requests while the barrier is pending, which a blocking
+        MPI_Barrier in the user's thread would not guarantee.
         """
         done = threading.Event()
         self._collectives.append((self.comm.Ibarrier, done))
@@ -102,7 +208,7 @@ class Transport:
         return done
 
     def quiesce(self) -> threading.Event:
-        """Collective: start a drain; returns an event set once every message that any rank
+        """Collective: start a drain; returns an event set once every envelope that any rank
         sent to this one before calling ``quiesce`` has been received and handled.
 
         Precondition: no rank sends PS messages after calling it. ``ParameterServer.close``
@@ -116,74 +222,10 @@ class Transport:
         return done
 
     def _start_quiesce(self):
-        self._flush_outbox()  # messages queued before the call count as sent before it
         # The buffers stay referenced (self) until the exchange completes.
         self._quiesce_bufs = sent, expected = self._sent_to.copy(), np.zeros_like(self._sent_to)
         req = self.comm.Ialltoall([sent, MPI.INT64_T], [expected, MPI.INT64_T])
-        return req, lambda: bool((self._received_from >= expected).all())
-
-    def close(self) -> None:
-        """Stop the thread after flushing queued sends. Precondition: no more traffic expected."""
-        self._stop = True
-        self._wake.set()
-        self._thread.join()
-        if self._inflight:
-            MPI.Request.Waitall([r for r, _ in self._inflight])
-            self._inflight.clear()
-
-    def _run(self) -> None:
-        try:
-            self._loop()
-        except BaseException:  # noqa: BLE001 -- any failure here must end the job
-            abort_job("the jaxps transport thread")
-
-    def _loop(self) -> None:
-        status = MPI.Status()
-        sleep = MIN_IDLE_SLEEP
-        last_traffic = time.monotonic()
-        while True:
-            progressed = self._flush_outbox()
-            while (msg := self.comm.improbe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)) is not None:
-                buf = np.empty(status.Get_count(MPI.BYTE), np.uint8)
-                msg.Recv([buf, MPI.BYTE])
-                self._stats["bytes_received"] += len(buf)
-                self._stats["messages_received"] += 1
-                self._received_from[status.Get_source()] += 1
-                self._handle(status.Get_source(), status.Get_tag(), buf)
-                progressed = True
-            if self._poll is not None:
-                self._poll()
-            progressed |= self._progress_collectives()
-            if self._inflight:
-                done = MPI.Request.Testsome([r for r, _ in self._inflight])
-                if done:
-                    keep = set(range(len(self._inflight))) - set(done)
-                    self._inflight = [self._inflight[i] for i in sorted(keep)]
-            if self._stop and not self._outbox:
-                return
-            if progressed or self._outbox:  # (the poll may have queued messages)
-                sleep = MIN_IDLE_SLEEP
-                last_traffic = time.monotonic()
-                continue
-            self._wake.wait(sleep)
-            self._wake.clear()
-            quiet = time.monotonic() - last_traffic > QUIET_AFTER
-            sleep = min(2 * sleep, MAX_IDLE_SLEEP if quiet else BUSY_MAX_SLEEP)
-
-    def _flush_outbox(self) -> bool:
-        progressed = False
-        while self._outbox:
-            dest, tag, buf = self._outbox.popleft()
-            progressed = True
-            if dest == self.rank:
-                self._handle(dest, tag, buf)
-                continue
-            req = self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=tag)
-            self._inflight.append((req, buf))
-            self._stats["bytes_sent"] += len(buf)
-            self._stats["messages_sent"] += 1
-            self._sent_to[dest] += 1
-        return progressed
+        return req, lambda: bool((self._received_from >= expected).all()) and not self._delayed
 
     def _progress_collectives(self) -> bool:
         progressed = False
@@ -203,3 +245,37 @@ class Transport:
                 still.append((req, check, done))
         self._active = still
         return progressed
+
+    # ----- the service thread ----------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the thread and complete the sends. Precondition: no more traffic expected."""
+        self._stop = True
+        self._wake.set()
+        self._thread.join()
+        if self._inflight:
+            MPI.Request.Waitall([r for r, _ in self._inflight])
+            self._inflight.clear()
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:  # noqa: BLE001 -- any failure here must end the job
+            abort_job("the jaxps transport thread")
+
+    def _loop(self) -> None:
+        sleep = MIN_SLEEP
+        last_traffic = time.monotonic()
+        while not self._stop:
+            if self._drivers == 0 and self.progress():
+                sleep = MIN_SLEEP
+                last_traffic = time.monotonic()
+                continue
+            if self._drivers:
+                sleep = BUSY_MAX_SLEEP  # the waiting thread polls; stand by
+            if self._delayed:
+                sleep = min(sleep, max(self._delayed[0][0] - time.monotonic_ns(), 0) / 1e9)
+            self._wake.wait(sleep)
+            self._wake.clear()
+            quiet = time.monotonic() - last_traffic > QUIET_AFTER
+            sleep = min(2 * sleep, MAX_IDLE_SLEEP if quiet else BUSY_MAX_SLEEP)
+            sleep = max(sleep, MIN_SLEEP)
