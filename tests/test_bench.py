@@ -77,7 +77,8 @@ def test_nups_hot_set_at_scale_one_is_the_kge_heuristic(tiny):
 def test_tiny_matrix_writes_json_markdown_and_plot(tiny, tmp_path, capsys):
     out = tmp_path / "out"
     bench.main(["--workloads", tiny, "--techniques", "local,classic", "--ranks", "2",
-                "--steps", "4", "--warmup", "2", "--timeout", "120", "--out", str(out)])
+                "--steps", "4", "--warmup", "2", "--timeout", "120", "--out", str(out),
+                "--repeats", "2"])
     result = json.loads((out / "results.json").read_text())
     runs = result["runs"]
     assert [(r["technique"], r["ranks"]) for r in runs] == [("local", 1), ("classic", 2)]
@@ -86,7 +87,13 @@ def test_tiny_matrix_writes_json_markdown_and_plot(tiny, tmp_path, capsys):
         assert FIELDS <= set(r), FIELDS - set(r)
         assert r["examples_per_s"] > 0 and r["steps_per_rank"] == 4
         assert len(r["peak_rss_mb"]) == r["ranks"] and np.isfinite(r["loss"])
+        assert r["repeats"] == 2 and len(r["spread"]["examples_per_s"]["runs"]) == 2
+        assert r["timed_compiles"] == 0  # compiled before the timed steps
+        cpu = r["thread_cpu_seconds"]
+        assert set(cpu) == set(bench.THREAD_KINDS) and cpu["main"] > 0
     local, classic = runs
+    assert classic["thread_cpu_seconds"]["transport"] > 0 and \
+        local["thread_cpu_seconds"]["transport"] == 0
     assert local["local_fraction"] == 1.0 and local["bytes_per_example"] == 0
     assert 0 < classic["local_fraction"] < 1 and classic["bytes_per_example"] > 0
     assert 0 <= classic["wait_fraction"] <= 1 and classic["examples"] == 2 * 4 * 64
@@ -126,12 +133,31 @@ def test_target_ratios():
     assert got["adaptive@1 / local", 1]["value"] == pytest.approx(0.95)
     assert got["adaptive@1 / local", 1]["met"]
     assert got["adaptive@4 / classic@4", 4]["value"] == pytest.approx(1.9)
-    assert not got["adaptive@4 / classic@4", 4]["met"]
+    assert got["adaptive@4 / classic@4", 4]["met"]
     best4 = got["adaptive / best other", 4]
     assert best4["versus"] == "nups x2" and best4["value"] == pytest.approx(0.95)
     assert got["adaptive / best other", 1]["versus"] == "classic"
     assert got["adaptive@2 / adaptive@1", 2]["value"] == pytest.approx(160 / 95)
+    assert not got["adaptive@2 / adaptive@1", 2]["met"]  # 1.68 < 1.7
+    assert ("adaptive@2 / classic@2", 2) not in got  # only with an emulated network
     assert got["adaptive / best other", 2]["value"] is None  # nothing else ran on 2 ranks
+
+
+def test_repeats_report_the_median_and_spread():
+    runs = [{"examples_per_s": v, "examples_per_cpu_s": v / 2, "tag": i}
+            for i, v in enumerate([100.0, 90.0, 110.0])]
+    got = bench.summarize_repeats(runs)
+    assert got["tag"] == 0 and got["examples_per_s"] == 100.0
+    assert got["spread"]["examples_per_s"] == {"min": 90.0, "median": 100.0, "max": 110.0,
+                                              "runs": [100.0, 90.0, 110.0]}
+    assert got["relative_spread"] == pytest.approx(0.2)
+
+
+def test_thread_cpu_by_kind():
+    before = {1: ("python", 1.0), 2: ("python", 0.5), 3: ("tf_XLAEigen", 2.0)}
+    after = {1: ("python", 3.0), 2: ("python", 1.5), 3: ("tf_XLAEigen", 5.0)}
+    got = bench.thread_cpu_by_kind(before, after, 7.0, main=1, transport=2)
+    assert got == {"main": 2.0, "transport": 1.0, "xla": 3.0, "producer": 1.0}
 
 
 def test_plan_sweeps_nups_only_on_several_ranks():

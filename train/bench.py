@@ -26,8 +26,10 @@ import os
 import re
 import resource
 import signal
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -40,8 +42,9 @@ NUPS_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)      # x the heuristic hot set (top 1% 
 QUICK_NUPS_SCALES = (0.5, 1.0, 2.0)
 LOSS_WINDOW = 10                              # "loss" = mean batch loss of the last steps
 WARMUP_CAP = 5                                # warm-up: at most this x --warmup steps
-TARGETS = {"adaptive@1 / local": 0.9, "adaptive@4 / classic@4": 2.0,
-           "adaptive / best other": 0.95, "adaptive@2 / adaptive@1": 1.6}
+TARGETS = {"adaptive@1 / local": 0.9, "adaptive@4 / classic@4": 1.0,
+           "adaptive / best other": 1.0, "adaptive@2 / adaptive@1": 1.7,
+           "adaptive@2 / classic@2": 1.3}
 
 
 # ----- the matrix ----------------------------------------------------------------------------
@@ -50,7 +53,8 @@ def plan(args) -> list[dict]:
     runs = []
     for workload in args.workloads:
         base = {"workload": workload, "steps": args.steps, "warmup": args.warmup,
-                "seed": args.seed, "data_root": args.data_root, "lookahead": args.lookahead}
+                "seed": args.seed, "data_root": args.data_root, "lookahead": args.lookahead,
+                "net_latency_us": args.net_latency}
         if "local" in args.techniques:
             runs.append(base | {"technique": "local", "ranks": 1})
         for ranks in args.ranks:
@@ -68,7 +72,8 @@ def plan(args) -> list[dict]:
 def run_label(run: dict) -> str:
     """A file-name-safe name of a run, e.g. ``kge-zipf-nups-x0.5-4r``."""
     scale = f"-x{run['nups_scale']:g}" if run.get("nups_scale") is not None else ""
-    return safe_name(f"{run['workload']}-{run['technique']}{scale}-{run['ranks']}r")
+    net = f"-net{run['net_latency_us']:g}us" if run.get("net_latency_us") else ""
+    return safe_name(f"{run['workload']}-{run['technique']}{scale}-{run['ranks']}r{net}")
 
 
 def safe_name(text: str) -> str:
@@ -87,7 +92,8 @@ def child_env() -> dict:
     return env
 
 
-def _run_with_timeout(cmd: list[str], timeout: float, log: Path) -> tuple[int | None, str]:
+def _run_with_timeout(cmd: list[str], timeout: float, log: Path,
+                      env: dict | None = None) -> tuple[int | None, str]:
     """Run ``cmd`` in its own process group and end it after ``timeout`` seconds.
 
     Returns (exit status, or None on timeout; the combined output) and writes ``log``.
@@ -95,7 +101,7 @@ def _run_with_timeout(cmd: list[str], timeout: float, log: Path) -> tuple[int | 
     SIGTERM first (it then kills its ranks), and its group SIGKILL if still there 10 s later
     (its proxies then end the ranks when the connection to mpiexec drops).
     """
-    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env() | (env or {}), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
@@ -143,14 +149,60 @@ def prepare(workload: str, args, out: Path) -> str | None:
 
 
 def launch(run: dict, args, out: Path) -> dict:
-    """One ``mpiexec -n ranks`` job with a hard timeout; its result or a failure record."""
+    """``args.repeats`` identical ``mpiexec -n ranks`` jobs, each with a hard timeout; the
+    median job's record, with every repeat's throughput and their spread, or a failure.
+
+    Ranks are pinned one per core (``--bind core``: Hydra's ``-bind-to core``); a run
+    with a compile inside its timed steps is a failure (the harness's timings never
+    include one).
+    """
     label = run_label(run)
+    records = []
+    for repeat in range(args.repeats):
+        suffix = f"-{repeat + 1}" if args.repeats > 1 else ""
+        record = _launch_once(run, args, out, f"{label}{suffix}")
+        if record["status"] != "ok":
+            return record
+        if record["timed_compiles"]:
+            return _failure(run, "failed", f"{record['timed_compiles']} compile(s) inside the "
+                            f"timed steps: the timings would include them",
+                            record["job_seconds"])
+        records.append(record)
+    return summarize_repeats(records)
+
+
+def summarize_repeats(records: list[dict]) -> dict:
+    """The median record (by examples/s) with min/median/max of the repeats' throughputs."""
+    ordered = sorted(records, key=lambda r: r["examples_per_s"])
+    mid = ordered[len(ordered) // 2]
+    spread = {}
+    for key in ("examples_per_s", "examples_per_cpu_s"):
+        values = [r[key] for r in records]
+        spread[key] = {"min": min(values), "median": statistics.median(values),
+                       "max": max(values), "runs": values}
+    rel = (spread["examples_per_s"]["max"] - spread["examples_per_s"]["min"]) / max(
+        spread["examples_per_s"]["median"], 1e-9)
+    return mid | {"repeats": len(records), "spread": spread, "relative_spread": rel,
+                  "examples_per_s": spread["examples_per_s"]["median"],
+                  "examples_per_cpu_s": spread["examples_per_cpu_s"]["median"]}
+
+
+def mpiexec_command(args, ranks: int) -> list[str]:
+    """The launcher's command line: pinned one rank per core unless ``--bind none``."""
+    cmd = [args.mpiexec, "-n", str(ranks)]
+    if args.bind != "none":
+        cmd += ["-bind-to", args.bind]
+    return cmd
+
+
+def _launch_once(run: dict, args, out: Path, label: str) -> dict:
     result = out / "logs" / f"{label}.json"
     result.unlink(missing_ok=True)
-    cmd = [args.mpiexec, "-n", str(run["ranks"]), sys.executable, "-m", "train.bench",
+    cmd = [*mpiexec_command(args, run["ranks"]), sys.executable, "-m", "train.bench",
            "--worker", json.dumps(run), "--result", str(result)]
     t0 = time.perf_counter()
-    code, text = _run_with_timeout(cmd, args.timeout, out / "logs" / f"{label}.log")
+    env = {"JAXPS_NET_LATENCY_US": str(run.get("net_latency_us", 0))}
+    code, text = _run_with_timeout(cmd, args.timeout, out / "logs" / f"{label}.log", env)
     seconds = time.perf_counter() - t0
     if code is None:
         return _failure(run, "timeout", f"no result after {args.timeout:g} s (killed); "
@@ -169,6 +221,45 @@ def _cpu_seconds() -> float:
     """CPU time of this process, all threads (the PS transport thread included)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+THREAD_KINDS = ("main", "transport", "xla", "producer")
+
+
+def _thread_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds of each live thread of this process: {native id: (name, seconds)}, from
+    /proc's schedstat (nanoseconds on the CPU; Linux only, empty elsewhere)."""
+    out = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            name = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+            ns = int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        out[int(tid)] = (name, ns / 1e9)
+    return out
+
+
+def thread_cpu_by_kind(before: dict, after: dict, total: float, *, main: int,
+                       transport: int | None) -> dict:
+    """CPU seconds per thread kind between two ``_thread_cpu`` samples: the main
+    (training) thread, the PS transport thread, XLA's threads, and everything else
+    (the batch producer, which ends with each epoch: total minus the threads above)."""
+    kinds = dict.fromkeys(THREAD_KINDS, 0.0)
+    for tid, (name, sec) in after.items():
+        used = sec - before.get(tid, (name, 0.0))[1]
+        if tid == main:
+            kinds["main"] += used
+        elif tid == transport:
+            kinds["transport"] += used
+        elif name.startswith(("tf_", "XLA", "xla", "llvm", "async")):
+            kinds["xla"] += used
+    kinds["producer"] = max(total - kinds["main"] - kinds["transport"] - kinds["xla"], 0.0)
+    return kinds
 
 
 def warm_up(train, source, steps: int, compiles) -> int:
@@ -210,16 +301,20 @@ def _ps_rank(problem, spec: dict, comm) -> dict:
         warm_compiles = trainer.compiles
         ps.barrier()   # every rank starts the timed steps together
         losses = []
-        cpu0 = _cpu_seconds()
+        transport = ps._engine.transport
+        tid = None if transport is None else transport.thread_id
+        threads0, cpu0 = _thread_cpu(), _cpu_seconds()
         m = trainer.train_epoch(itertools.islice(source, spec["steps"]),
                                 on_batch=lambda n, loss: losses.append(loss))
         cpu = _cpu_seconds() - cpu0
+        threads = thread_cpu_by_kind(threads0, _thread_cpu(), cpu,
+                                     main=threading.main_thread().native_id, transport=tid)
         ps.barrier()
         hot = sum(len(k) for k in problem.hot_keys(spec["nups_scale"]).values()) \
             if spec["technique"] == "nups" else None
     return {"examples": m.examples, "steps": m.batches, "seconds": m.seconds, "losses": losses,
             "cpu_seconds": cpu, "compiles": m.compiles, "warmup_compiles": warm_compiles,
-            "warmup_steps": warm_steps,
+            "warmup_steps": warm_steps, "thread_cpu": threads,
             "ps": m.ps, "peak_rss_mb": _peak_rss_mb(), "nups_hot_keys": hot}
 
 
@@ -232,12 +327,15 @@ def _local_rank(problem, spec: dict) -> dict:
     warm_steps = warm_up(lambda b, f: trainer.train(b, on_batch=f), source, spec["warmup"],
                          lambda: trainer.compiles)
     warm_compiles = trainer.compiles
-    cpu0 = _cpu_seconds()
+    threads0, cpu0 = _thread_cpu(), _cpu_seconds()
     m = trainer.train(itertools.islice(source, spec["steps"]))
     cpu = _cpu_seconds() - cpu0
+    threads = thread_cpu_by_kind(threads0, _thread_cpu(), cpu,
+                                 main=threading.main_thread().native_id, transport=None)
     return {"examples": m.examples, "steps": m.batches, "seconds": m.seconds,
             "losses": m.losses, "cpu_seconds": cpu, "compiles": m.compiles,
             "warmup_compiles": warm_compiles, "warmup_steps": warm_steps,
+            "thread_cpu": threads,
             "ps": {}, "peak_rss_mb": _peak_rss_mb(), "nups_hot_keys": None}
 
 
@@ -256,6 +354,8 @@ def combine(spec: dict, ranks: list[dict], info: dict) -> dict:
     per_ex = lambda key: total.get(key, 0) / max(examples, 1)
     tail = [sum(r["losses"][-LOSS_WINDOW:]) / max(len(r["losses"][-LOSS_WINDOW:]), 1)
             for r in ranks]
+    thread_cpu = {k: sum(r.get("thread_cpu", {}).get(k, 0.0) for r in ranks)
+                  for k in THREAD_KINDS}
     return spec | {
         "status": "ok", "examples_per_s": examples / max(seconds, 1e-9),
         "examples_per_cpu_s": examples / max(sum(r["cpu_seconds"] for r in ranks), 1e-9),
@@ -275,7 +375,10 @@ def combine(spec: dict, ranks: list[dict], info: dict) -> dict:
                                                                  for r in ranks), 1),
         "examples": examples, "seconds": seconds, "steps_per_rank": steps,
         "warmup_steps": [r["warmup_steps"] for r in ranks],
-        "nups_hot_keys": ranks[0]["nups_hot_keys"], "ps_totals": total, "info": info}
+        "nups_hot_keys": ranks[0]["nups_hot_keys"], "ps_totals": total, "info": info,
+        "thread_cpu_seconds": thread_cpu,
+        "thread_cpu_ms_per_step": {k: 1e3 * v / max(steps * len(ranks), 1)
+                                   for k, v in thread_cpu.items()}}
 
 
 def worker(spec: dict, result: Path) -> None:
@@ -341,6 +444,9 @@ def ratios(runs: list[dict]) -> list[dict]:
             add(w, "adaptive / best other", n, ex("adaptive", n), best,
                 best and _tech_label(best))
         add(w, "adaptive@2 / adaptive@1", 2, ex("adaptive", 2), ex("adaptive", 1))
+        if any(r.get("net_latency_us") for r in runs if r["workload"] == w):
+            # Over an (emulated) network classic waits a round trip per step.
+            add(w, "adaptive@2 / classic@2", 2, ex("adaptive", 2), ex("classic", 2))
     return out
 
 
@@ -348,6 +454,11 @@ def _tech_label(r: dict) -> str:
     if r.get("nups_scale") is not None and r["ranks"] > 1:
         return f"nups x{r['nups_scale']:g}"
     return r["technique"]
+
+
+def _thread_ms(r: dict) -> str:
+    ms = r.get("thread_cpu_ms_per_step")
+    return "n/a" if not ms else " / ".join(f"{ms[k]:.2f}" for k in THREAD_KINDS)
 
 
 def _fmt(x, spec: str = ".3g") -> str:
@@ -362,15 +473,22 @@ def markdown(runs: list[dict], meta: dict) -> str:
              f"(until {meta['warmup']} steps in a row compiled nothing); {meta['cpus']} CPU "
              f"cores; started {meta['started']}, {meta['wall_seconds']:.0f} s in all. "
              "Throughput: all ranks' examples / the slowest rank's timed seconds; `loss`: "
-             f"mean batch loss of the last {LOSS_WINDOW} steps (mean over ranks).", ""]
+             f"mean batch loss of the last {LOSS_WINDOW} steps (mean over ranks). "
+             f"Ranks pinned one per core (`--bind {meta.get('bind', 'core')}`); each run is the "
+             f"median of {meta.get('repeats', 1)} identical jobs (`spread`: (max - min) / "
+             f"median of their examples/s); `CPU ms/step` per rank: main (training) thread / "
+             f"PS transport thread / XLA / batch producer."
+             + (f" Emulated network: {meta['net_latency_us']:g} us one way."
+                if meta.get("net_latency_us") else ""), ""]
     for w in dict.fromkeys(r["workload"] for r in runs):
         info = next((r["info"] for r in runs if r["workload"] == w and r.get("info")), None)
         lines += [f"## {w}", ""]
         if info:
             lines += [", ".join(f"{k} {v}" for k, v in info.items()), ""]
-        lines += ["| technique | ranks | examples/s | ex/CPU-s | local | wait | bytes/ex | "
-                  "msgs/ex | reloc/step | replicas/step | compiles (timed) | peak RSS MB | loss "
-                  "| status |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| technique | ranks | examples/s | spread | ex/CPU-s | CPU ms/step | local | "
+                  "wait | bytes/ex | msgs/ex | reloc/step | replicas/step | compiles (timed) | "
+                  "peak RSS MB | loss | status |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         nups_best = {n: _best(runs, w, "nups", n) for n in {r["ranks"] for r in runs}}
         for r in (r for r in runs if r["workload"] == w):
             tech = _tech_label(r)
@@ -378,12 +496,13 @@ def markdown(runs: list[dict], meta: dict) -> str:
                 tech += " (best)"
             if r["status"] != "ok":
                 error = headline(r["error"])[:120].replace("|", "/")
-                lines.append(f"| {tech} | {r['ranks']} | | | | | | | | | | | | "
+                lines.append(f"| {tech} | {r['ranks']} | | | | | | | | | | | | | | "
                              f"{r['status']}: {error} |")
                 continue
             lines.append(
                 f"| {tech} | {r['ranks']} | {r['examples_per_s']:,.0f} | "
-                f"{r['examples_per_cpu_s']:,.0f} | "
+                f"{_fmt(r.get('relative_spread'), '.1%')} | "
+                f"{r['examples_per_cpu_s']:,.0f} | {_thread_ms(r)} | "
                 f"{r['local_fraction']:.1%} | {r['wait_fraction']:.1%} | "
                 f"{r['bytes_per_example']:,.0f} | {r['messages_per_example']:.2f} | "
                 f"{r['relocations_per_step']:.1f} | {r['replicas_per_step']:.1f} | "
@@ -466,7 +585,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="reduced matrix in ~10 min on 2 cores: kge-zipf-small, local@1, every "
                         "technique at 1 and 4 ranks, nups hot sets x0.5, x1, x2 (4 ranks), "
-                        "400 timed steps")
+                        "1000 timed steps, one job per run")
     p.add_argument("--workloads", nargs="+", default=None, metavar="NAME[:key=value,...]",
                    help="registered workloads (--list), each optionally with parameters; "
                         "default kge-zipf and fb15k-237 (when --data-root is given)")
@@ -475,7 +594,17 @@ def parse_args(argv=None):
     p.add_argument("--ranks", type=_csv(int), default=None, help="default 1,2,4 (quick: 1,4)")
     p.add_argument("--nups-scales", type=_csv(float), default=None,
                    help=f"NuPS hot sets as multiples of its heuristic; default {NUPS_SCALES}")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per rank (default 400)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per rank (default 2000; quick 1000)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="identical jobs per run; the report shows the median and the spread "
+                        "(default 3; quick 1)")
+    p.add_argument("--bind", default="core", choices=("core", "hwthread", "none"),
+                   help="pin each rank to its own core (mpiexec -bind-to); none: let the OS "
+                        "schedule (for launchers without binding)")
+    p.add_argument("--net-latency", type=float, default=0.0, metavar="US",
+                   help="emulated one-way network latency in microseconds "
+                        "(JAXPS_NET_LATENCY_US of every rank; 0: none)")
     p.add_argument("--warmup", type=int, default=None,
                    help="warm up until this many consecutive steps compiled nothing (at most "
                         f"{WARMUP_CAP}x as many steps); default 20, quick 10")
@@ -496,7 +625,10 @@ def parse_args(argv=None):
             "kge-zipf", *(("fb15k-237",) if args.data_root else ()))
     args.ranks = args.ranks or ((1, 4) if quick else (1, 2, 4))
     args.nups_scales = args.nups_scales or (QUICK_NUPS_SCALES if quick else NUPS_SCALES)
-    args.steps = args.steps if args.steps is not None else 400
+    args.steps = args.steps if args.steps is not None else (1000 if quick else 2000)
+    args.repeats = args.repeats if args.repeats is not None else (1 if quick else 3)
+    if args.repeats < 1 or args.net_latency < 0:
+        p.error("--repeats must be >= 1 and --net-latency >= 0")
     args.warmup = args.warmup if args.warmup is not None else (10 if quick else 20)
     args.timeout = args.timeout or (240.0 if quick else 900.0)
     unknown = set(args.techniques) - {"local", *TECHNIQUES}
@@ -530,7 +662,8 @@ def main(argv=None) -> int:
     meta = {"mode": "quick" if args.quick else "full",
             "command": " ".join(["python -m train.bench", *(argv or sys.argv[1:])]),
             "steps": args.steps, "warmup": args.warmup, "cpus": os.cpu_count(),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "timeout": args.timeout}
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "timeout": args.timeout,
+            "bind": args.bind, "repeats": args.repeats, "net_latency_us": args.net_latency}
     runs: list[dict] = []
     todo = plan(args)
     prepared: dict[str, str | None] = {}
