@@ -4,6 +4,7 @@ Each launch has a hard timeout, so a deadlock fails the test instead of hanging 
 """
 
 import re
+import time
 
 import pytest
 
@@ -36,6 +37,20 @@ def test_error_outside_the_ps_block_ends_the_job():
     out = res.stdout + res.stderr
     assert res.returncode != 0, out[-3000:]
     assert "deliberate failure on rank 1" in out
+
+
+def test_stopped_rank_ends_the_job_naming_it():
+    """Rank 2 of 3 is stopped (SIGSTOP) mid-run: the watchdog ends the job within
+    peer_timeout + 10 s, naming rank 2, instead of the others waiting forever."""
+    timeout = 3.0
+    t0 = time.monotonic()
+    res = mpirun(3, ["tests/mpi_programs/stop_one_rank.py", str(timeout)], timeout=60)
+    elapsed = time.monotonic() - t0
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out[-3000:]
+    assert "rank 2 has sent nothing" in out, out[-3000:]
+    assert "finished normally" not in out
+    assert elapsed < timeout + 10 + 5, f"took {elapsed:.1f} s"  # + start-up of 3 ranks
 
 
 def test_idle_ps_uses_little_cpu():

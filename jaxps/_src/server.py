@@ -49,6 +49,9 @@ class ParameterServer:
       staleness_bound: replicas reflect every update that reached the owner at most this
         many of this rank's clocks ago (plus all of this rank's own writes);
         ``advance_clock`` waits for a sync round rather than exceed it.
+      peer_timeout: seconds after which a rank that has sent nothing (the PS sends
+        heartbeats when idle) is declared stopped, hung or gone, and the job ends naming it
+        (None: wait forever).
       abort_on_error: with more than one rank, an exception that escapes the ``with``
         block, or any uncaught exception in the process, prints its traceback and
         aborts the whole MPI job, so no rank waits forever for a dead peer.
@@ -67,7 +70,8 @@ class ParameterServer:
 
     def __init__(self, tables: Mapping[str, TableSpec], *, technique="relocation",
                  comm: MPI.Comm | None = None, check_finite: bool = True,
-                 staleness_bound: int = 2, abort_on_error: bool = True):
+                 staleness_bound: int = 2, abort_on_error: bool = True,
+                 peer_timeout: float | None = 60.0):
         if not isinstance(tables, Mapping) or not tables:
             raise InputError("tables must be a non-empty dict of name -> jaxps.TableSpec")
         for name, spec in tables.items():
@@ -90,6 +94,10 @@ class ParameterServer:
         if not isinstance(staleness_bound, int) or staleness_bound < 1:
             raise InputError(f"staleness_bound must be an int >= 1, got {staleness_bound!r}")
         self._staleness_bound = staleness_bound
+        if peer_timeout is not None and not (isinstance(peer_timeout, (int, float))
+                                             and math.isfinite(peer_timeout) and peer_timeout > 0):
+            raise InputError(f"peer_timeout must be a number of seconds > 0 or None, got "
+                             f"{peer_timeout!r}")
         self._fresh_as_of = {t.index: 0 for t in states}
         self._technique.setup(self)
         if self.size > 1:
@@ -102,7 +110,8 @@ class ParameterServer:
             latency, bandwidth = _emulated_network()
             self._engine.transport = Transport(self._comm, self._engine.on_envelope, self._stats,
                                                poll=self._engine.poll, net_latency_s=latency,
-                                               net_bandwidth=bandwidth)
+                                               net_bandwidth=bandwidth,
+                                               peer_timeout=peer_timeout)
             self._engine.transport.start()
         else:
             self._abort_on_error = False

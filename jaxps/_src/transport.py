@@ -21,6 +21,11 @@ time; a received envelope is handled only once ``send time + latency + its bytes
 bandwidth`` has passed (after the previous one from the same peer: FIFO holds), as a
 network would deliver it. The sender's CPU is not delayed.
 
+Watchdog (``peer_timeout``): the service thread sends an empty envelope to each peer it
+has sent nothing to for a quarter of the timeout, and ends the job, naming the rank, once a
+peer has sent nothing for ``peer_timeout`` seconds: a stopped or hung rank, or one whose
+host is gone, would otherwise stall every rank that waits for it, forever.
+
 Any exception in the service thread ends the whole MPI job (``MPI.Abort``) after printing
 it: a PS with a dead service thread would leave the other ranks hanging.
 """
@@ -62,6 +67,10 @@ def abort_now() -> None:
     MPI.COMM_WORLD.Abort(1)
 
 
+class PeerTimeout(RuntimeError):
+    """A peer sent nothing (not even a heartbeat) for ``peer_timeout`` seconds."""
+
+
 class Transport:
     """Envelopes between the ranks of ``comm``, and the thread that serves peers.
 
@@ -74,6 +83,8 @@ class Transport:
         for work the handler batches over time.
       net_latency_s, net_bandwidth: the emulated network (one-way seconds, bytes/s; 0 =
         none).
+      peer_timeout: seconds of silence after which a peer is declared gone and the job
+        ends (None: never).
 
     Thread-safety: ``post`` with the caller's engine lock held; ``progress``, ``barrier``
     and ``quiesce`` from any thread.
@@ -81,13 +92,15 @@ class Transport:
 
     def __init__(self, comm: MPI.Comm, handle: Callable[[int, np.ndarray], None],
                  stats: dict, poll: Callable[[], None] | None = None, *,
-                 net_latency_s: float = 0.0, net_bandwidth: float = 0.0):
+                 net_latency_s: float = 0.0, net_bandwidth: float = 0.0,
+                 peer_timeout: float | None = None):
         self.comm = comm
         self._poll = poll
         self.rank = comm.Get_rank()
         self._handle = handle
         self._stats = stats
         self._inflight: list[tuple[MPI.Request, np.ndarray]] = []
+        self._inflight_lock = threading.Lock()  # post (any thread) vs Testsome (progress)
         self._collectives: collections.deque = collections.deque()  # (start_fn, event)
         self._active: list = []  # (request, extra completion check or None, event)
         size = comm.Get_size()
@@ -98,6 +111,11 @@ class Transport:
         self._delayed: collections.deque = collections.deque()  # (due ns, source, buf)
         self._due_from = np.zeros(size, np.int64)     # last delivery time per peer (FIFO)
         self._progress_lock = threading.Lock()
+        self._peer_timeout = peer_timeout
+        now = time.monotonic()
+        self._heard = np.full(size, now)        # last envelope from each peer
+        self._told = np.full(size, now)         # last envelope to each peer
+        self._heartbeats = peer_timeout is not None and size > 1
         self._drivers = 0  # user threads driving progress themselves (waiting)
         self._wake = threading.Event()
         self._stop = False
@@ -119,7 +137,9 @@ class Transport:
         buf = protocol.envelope(parts, time.monotonic_ns() if self._latency_ns or
                                 self._ns_per_byte else 0)
         req = self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=ENVELOPE_TAG)
-        self._inflight.append((req, buf))
+        with self._inflight_lock:
+            self._inflight.append((req, buf))
+        self._told[dest] = time.monotonic()
         self._stats["bytes_sent"] += len(buf)
         self._stats["messages_sent"] += 1
         self._sent_to[dest] += 1
@@ -142,6 +162,7 @@ class Transport:
             buf = np.empty(status.Get_count(MPI.BYTE), np.uint8)
             msg.Recv([buf, MPI.BYTE])
             source = status.Get_source()
+            self._heard[source] = time.monotonic()
             self._stats["bytes_received"] += len(buf)
             self._stats["messages_received"] += 1
             self._received_from[source] += 1
@@ -161,11 +182,28 @@ class Transport:
         if self._collectives or self._active:
             progressed |= self._progress_collectives()
         if len(self._inflight) > 8:
-            done = MPI.Request.Testsome([r for r, _ in self._inflight])
-            if done:
-                keep = set(range(len(self._inflight))) - set(done)
-                self._inflight = [self._inflight[i] for i in sorted(keep)]
+            with self._inflight_lock:
+                done = MPI.Request.Testsome([r for r, _ in self._inflight])
+                if done:
+                    keep = set(range(len(self._inflight))) - set(done)
+                    self._inflight = [self._inflight[i] for i in sorted(keep)]
         return progressed
+
+    def _watch_peers(self) -> None:
+        """Heartbeats to quiet peers; PeerTimeout for a peer silent past the timeout."""
+        now = time.monotonic()
+        quiet = np.flatnonzero(now - self._told > self._peer_timeout / 4)
+        for dest in quiet:
+            if dest != self.rank:
+                self.post(int(dest), [])  # an empty envelope: "still here"
+        silent = now - self._heard > self._peer_timeout
+        silent[self.rank] = False
+        if silent.any():
+            peer = int(np.flatnonzero(silent)[0])
+            raise PeerTimeout(
+                f"rank {peer} has sent nothing for {now - self._heard[peer]:.0f} s "
+                f"(peer_timeout={self._peer_timeout:g} s): it is stopped, hung, or its host "
+                f"is gone; ending the job")
 
     def _delay(self, source: int, buf: np.ndarray) -> None:
         """Hold ``buf`` until the emulated network would have delivered it."""
@@ -217,6 +255,7 @@ class Transport:
         ParameterServer, whose new communicator may reuse the freed one's context id.
         """
         done = threading.Event()
+        self._heartbeats = False  # nothing may be sent after the count below
         self._collectives.append((self._start_quiesce, done))
         self._wake.set()
         return done
@@ -259,6 +298,9 @@ class Transport:
     def _run(self) -> None:
         try:
             self._loop()
+        except PeerTimeout as e:
+            sys.stderr.write(f"[jaxps rank {MPI.COMM_WORLD.Get_rank()}] {e}\n")
+            abort_now()
         except BaseException:  # noqa: BLE001 -- any failure here must end the job
             abort_job("the jaxps transport thread")
 
@@ -266,6 +308,8 @@ class Transport:
         sleep = MIN_SLEEP
         last_traffic = time.monotonic()
         while not self._stop:
+            if self._heartbeats:
+                self._watch_peers()
             if self._drivers == 0 and self.progress():
                 sleep = MIN_SLEEP
                 last_traffic = time.monotonic()
