@@ -116,6 +116,7 @@ class Transport:
         self._heard = np.full(size, now)        # last envelope from each peer
         self._told = np.full(size, now)         # last envelope to each peer
         self._heartbeats = peer_timeout is not None and size > 1
+        self._next_watch = now
         self._drivers = 0  # user threads driving progress themselves (waiting)
         self._wake = threading.Event()
         self._stop = False
@@ -190,8 +191,12 @@ class Transport:
         return progressed
 
     def _watch_peers(self) -> None:
-        """Heartbeats to quiet peers; PeerTimeout for a peer silent past the timeout."""
+        """Heartbeats to quiet peers; PeerTimeout for a peer silent past the timeout.
+        Looks at most every 1/8 of the timeout (the loop runs thousands of times a second)."""
         now = time.monotonic()
+        if now < self._next_watch:
+            return
+        self._next_watch = now + self._peer_timeout / 8
         quiet = np.flatnonzero(now - self._told > self._peer_timeout / 4)
         for dest in quiet:
             if dest != self.rank:
