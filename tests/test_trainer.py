@@ -222,9 +222,9 @@ class _RecordingPs(ParameterServer):
         super().__init__(*args, **kwargs)
         self.intents = []
 
-    def intent(self, table, keys, start, end=None):
+    def _intent_unsent(self, table, keys, start, end=None):  # what the trainer calls
         self.intents.append((table, np.asarray(keys).copy(), start, self.clock))
-        super().intent(table, keys, start, end)
+        super()._intent_unsent(table, keys, start, end)
 
 
 @pytest.mark.parametrize("lookahead", [1, 2])

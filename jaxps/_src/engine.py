@@ -308,12 +308,15 @@ class Engine(ReplicaProtocol):
         mine = home == self.rank
         if mine.any():
             self._on_owner(update.subset(mine))
-        if not mine.all():
+        # A new owner that is the key's home updates its directory when the rows arrive
+        # (``_on_transfer``): no OWNER message for those.
+        rest = ~mine & (home != to)
+        if rest.any():
             # Batched for OWNER_BATCH_S (or until the next clock tick): one message per
             # home instead of one per decision; meanwhile the hints route requests.
             if not self._owner_updates:
                 self._owner_since = time.monotonic()
-            self._owner_updates.append(update.subset(~mine))
+            self._owner_updates.append(update.subset(rest))
         return transfer
 
     def poll(self) -> None:
@@ -422,6 +425,11 @@ class Engine(ReplicaProtocol):
             raise ProtocolError(f"rank {self.rank}: unexpected transfer of {t.name!r} key "
                                 f"{m.keys[~expected][0]}")
         version, holders = protocol.split_versioned(m.pos)
+        home_here = m.keys % self.size == self.rank
+        if home_here.any():  # the old owner sent no OWNER update to this home (hand_over)
+            n = int(np.count_nonzero(home_here))
+            self._on_owner(Msg(Tag.OWNER, t, 0, self.rank, m.keys[home_here], protocol.versioned(
+                version[home_here], np.full(n, self.rank))))
         rows, holders = self.merge_own_replicas(t, m.keys, m.rows, holders)
         t.store.insert(m.keys, rows)
         t.holders[m.keys] = holders

@@ -8,6 +8,25 @@ import time
 import numpy as np
 
 
+class _Done:
+    """The event of a handle that completed when it was made."""
+
+    @staticmethod
+    def is_set() -> bool:
+        return True
+
+    @staticmethod
+    def wait(timeout=None) -> bool:
+        return True
+
+    @staticmethod
+    def set() -> None:
+        pass
+
+
+_DONE = _Done()
+
+
 class Handle:
     """A pending PS operation. Wait for it with ``ps.wait(handle)``.
 
@@ -30,13 +49,12 @@ class Handle:
         self.started = 0          # clock at which the operation started (sync rounds)
         self.t_start = time.perf_counter()
         self.t_done = self.t_start if remaining == 0 else None
-        self._event = threading.Event()
-        if remaining == 0:
-            self._event.set()
+        # Most handles complete at once (local keys): no Event (a lock and a condition) for them.
+        self._event = threading.Event() if remaining > 0 else _DONE
 
     def done(self) -> bool:
         """True once every key of the operation has been answered."""
-        return self._event.is_set()
+        return self._event is _DONE or self._event.is_set()
 
     def _answer(self, n: int) -> bool:
         """Count n answered keys; returns True when the operation completed."""

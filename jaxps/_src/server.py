@@ -310,6 +310,12 @@ class ParameterServer:
         ``end`` defaults to ``start + 1``. Cheap in bulk; the technique decides whether
         and when to act (classic ignores intents).
         """
+        self._intent_unsent(table, keys, start, end)
+        self._send_queued()
+
+    def _intent_unsent(self, table: str, keys, start: int, end: int | None = None) -> None:
+        """``intent`` whose messages wait for ``_send_queued`` (the trainer signals every
+        table's intents, then sends them in one envelope per owner)."""
         t = self._table(table)
         keys = validate.keys(t.name, t.spec, keys)
         start, end = validate.clock_range(start, end)
@@ -317,9 +323,13 @@ class ParameterServer:
             return  # every key is here already: nothing to act on
         keys = _unique(keys)
         with self._engine.lock:
-            # Not flushed: the messages go with this rank's next PS call (the trainer's
-            # pulls follow at once), or with the transport's next round.
             self._technique.on_intent(self, t, keys, start, end)
+
+    def _send_queued(self) -> None:
+        """Send the messages PS calls queued (one envelope per destination)."""
+        if self._engine.transport is not None and self._engine.has_unsent:
+            with self._engine.lock:
+                self._engine.flush()
 
     def advance_clock(self) -> int:
         """Tick this rank's clock (trainers tick once per batch); returns the new clock.

@@ -144,6 +144,9 @@ class SparseTrainer:
       optimizers: table -> RowOptimizer; the table's TableSpec must have
         ``state_dim == optimizer.state_dim(dim)``. Tables not listed are not trained.
       lookahead: L >= 0: before batch t runs, signal intent for batch t + L (0: no intents).
+        The default 2 leaves the PS two steps to bring a batch's rows here: with 1, rows
+        that arrive a moment after their step began are pulled remotely (measured on
+        kge-zipf-small, 2 ranks, adaptive: 85% of pulls local with 1, 98.8% with 2).
       prefetch: batches prepared ahead by the background thread (>= lookahead + 1).
       min_bucket: the smallest padded unique-key count.
       max_keys: table -> the most unique keys a batch can have (e.g. KGE entities:
@@ -158,7 +161,7 @@ class SparseTrainer:
     """
 
     def __init__(self, ps, loss_fn: Callable, optimizers: Mapping[str, RowOptimizer], *,
-                 lookahead: int = 1, prefetch: int = 4, min_bucket: int = 64,
+                 lookahead: int = 2, prefetch: int = 4, min_bucket: int = 64,
                  max_keys: Mapping[str, int] | None = None):
         if not optimizers:
             raise InputError("SparseTrainer: optimizers must map at least one table to a "
@@ -334,7 +337,8 @@ class SparseTrainer:
             if self.lookahead:
                 for table, keys in item.keys.items():
                     if len(keys):
-                        ps.intent(table, keys, ps.clock + ahead)
+                        ps._intent_unsent(table, keys, ps.clock + ahead)
+                ps._send_queued()  # every table's intents in one envelope per owner
             window.append(item)
 
         losses, weights, examples, nbatches = [], [], 0, 0

@@ -60,7 +60,7 @@ class KgeConfig:
                          "L2, both on the rows of the batch's positive triples", REGULARIZERS)
     init_scale: float = _opt(0.1, "standard deviation of the normal initial embeddings")
     technique: str = _opt("adaptive", "parameter management technique of the PS (adaptive: no tuning)", TECHNIQUES)
-    lookahead: int = _opt(1, "signal intent this many batches ahead (0: no intents)")
+    lookahead: int = _opt(2, "signal intent this many batches ahead (0: no intents)")
     seed: int = _opt(0, "seed of initialization, shuffling and negative sampling")
     out: str = _opt("", "output folder: metrics.jsonl, summary.json, checkpoint, embeddings")
     checkpoint_every: int = _opt(0, "write out/checkpoint.npz every N epochs (0: never)")
