@@ -5,7 +5,7 @@ Per batch t (clock c):
      before batch t runs, so the PS can move those rows here while batch t computes;
   2. pull the rows of batch t (whole rows: parameter + optimizer state);
   3. one jitted step: loss, gradients w.r.t. the parameter columns, the row optimizer's
-     update, returned as whole-row deltas (padding rows get zero delta);
+     update, returned as whole-row deltas (those of padding rows are never pushed);
   4. ``push_async`` the deltas (the PS's read-your-writes fence orders them before the next
      pull of the same keys), then ``ps.advance_clock()``.
 A background thread reads the batch source, builds unique keys and pads them to bucket
@@ -214,11 +214,11 @@ class SparseTrainer:
             loss, deltas = loss_and_row_deltas(loss_fn, opts, dims, rows, data)
             finite = jnp.isfinite(loss)
             for t, delta in deltas.items():
-                valid = jnp.arange(delta.shape[0]) < counts[t]
-                deltas[t] = jnp.where(valid[:, None], delta, 0.0)
                 # Checked here, fused into the step, instead of a pass over the deltas on
-                # the host at every push (the PS's check_finite).
-                finite &= jnp.isfinite(deltas[t]).all()
+                # the host at every push (the PS's check_finite). Padding rows are left as
+                # they come (only the first counts[t] rows are pushed), but not checked.
+                valid = jnp.arange(delta.shape[0]) < counts[t]
+                finite &= (jnp.isfinite(delta) | ~valid[:, None]).all()
             return loss, deltas, finite
 
         return step
