@@ -44,6 +44,8 @@ MAX_HOPS = 4
 OWNER_BATCH_S = 2e-3  # how long OWNER updates wait to be sent together
 _KEEP = object()  # Msg.replace: leave rows as they are
 USER_TAGS = frozenset({Tag.PULL, Tag.PUSH, Tag.SET})  # requests a rank's own replicas serve
+# Requests whose sender blocks until they are answered: the transport stays quick for them.
+URGENT = frozenset({Tag.PULL, Tag.LOCALIZE, Tag.RELOCATE})
 _TAGS = {int(tag): tag for tag in Tag}  # a dict lookup costs a tenth of Tag(int)
 
 
@@ -182,6 +184,8 @@ class Engine(ReplicaProtocol):
         with self.lock:
             for header, mbuf in protocol.messages(buf, widths):
                 tag = _TAGS[header[H.TAG]]
+                if tag in URGENT:
+                    self.transport.urgent_at = time.monotonic()
                 t = tables[header[H.TABLE]]
                 _, keys, pos, rows = protocol.unpack(
                     mbuf, t.spec.width if tag in protocol.CARRIES_ROWS else None)
