@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Mapping
@@ -48,8 +47,10 @@ class ParameterServer:
         many of this rank's clocks ago (plus all of this rank's own writes);
         ``advance_clock`` waits for a sync round rather than exceed it.
       abort_on_error: with more than one rank, an exception that escapes the ``with``
-        block, or any uncaught exception in the process, prints its traceback and
-        aborts the whole MPI job, so no rank waits forever for a dead peer.
+        block prints its traceback and aborts the whole MPI job, so no rank waits
+        forever for a dead peer. Errors elsewhere in the program (before the PS exists,
+        after it closed, on other threads) are the entrypoint's: wrap it in
+        ``jaxps.run_main`` (or call ``jaxps.install_abort_hooks()`` first).
 
     Thread-safety: all methods may be called from any thread; operations are applied
     in the order they take the PS's internal lock. Use as a context manager, or call
@@ -94,8 +95,6 @@ class ParameterServer:
             if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
                 raise RuntimeError("jaxps needs MPI_THREAD_MULTIPLE; do not set "
                                    "mpi4py.rc.thread_level to a lower level")
-            if abort_on_error:
-                _install_abort_hooks()
             self._abort_on_error = abort_on_error
             self._engine.transport = Transport(self._comm, self._engine.on_message, self._stats,
                                                poll=self._engine.poll)
@@ -454,28 +453,3 @@ def _sum_duplicates(keys: np.ndarray, rows: np.ndarray):
         return keys, rows
     starts = np.flatnonzero(first)
     return sk[starts], np.add.reduceat(rows[order], starts, axis=0)
-
-
-_hooks_installed = False
-
-
-def _install_abort_hooks() -> None:
-    """Uncaught exceptions (any thread) print and abort the whole MPI job."""
-    global _hooks_installed
-    if _hooks_installed:
-        return
-    _hooks_installed = True
-    prev_hook = sys.excepthook
-
-    def excepthook(exc_type, exc, tb):
-        prev_hook(exc_type, exc, tb)
-        sys.stderr.write(f"[jaxps rank {MPI.COMM_WORLD.Get_rank()}] uncaught exception: "
-                         f"aborting the MPI job\n")
-        abort_now()
-
-    def thread_hook(args):
-        traceback.print_exception(args.exc_type, args.exc_value, args.exc_traceback)
-        abort_now()
-
-    sys.excepthook = excepthook
-    threading.excepthook = thread_hook
