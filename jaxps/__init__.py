@@ -13,6 +13,7 @@ from ._src.checkpoint import save_checkpoint as save_checkpoint
 from ._src.errors import InputError as InputError
 from ._src.errors import ProtocolError as ProtocolError
 from ._src.handles import Handle as Handle
+from ._src.launch import JobExit as JobExit
 from ._src.launch import install_abort_hooks as install_abort_hooks
 from ._src.launch import run_main as run_main
 from ._src.launch import run_on_root as run_on_root
@@ -42,7 +43,7 @@ def __getattr__(name):
 
 
 __all__ = ["Adaptive", "Batch", "CheckpointError", "Classic", "EpochMetrics", "Handle",
-           "InputError", "Nups", "ParameterServer", "ProtocolError", "Relocation", "Replication",
+           "InputError", "JobExit", "Nups", "ParameterServer", "ProtocolError", "Relocation", "Replication",
            "RowOptimizer", "SparseTrainer", "TECHNIQUES", "TableSpec", "Technique",
            "bucket_size", "index_batch", "install_abort_hooks", "list_checkpoints",
            "load_checkpoint", "read_manifest", "row_adagrad", "row_adam", "row_optimizer",

@@ -26,6 +26,19 @@ from .transport import abort_now
 _hooks_installed = False
 
 
+class JobExit(SystemExit):
+    """End the program with ``code`` and ``message``, raised by every rank at the same point.
+
+    ``run_main`` exits with it without aborting the MPI job (no rank is left waiting), and
+    rank 0 prints the message. Use it for a planned non-zero exit, such as "interrupted,
+    checkpoint written to ...".
+    """
+
+    def __init__(self, code: int, message: str):
+        super().__init__(code)
+        self.message = message
+
+
 def _rank() -> int:
     return MPI.COMM_WORLD.Get_rank()
 
@@ -80,11 +93,16 @@ def run_main(main: Callable[..., Any], *args, **kwargs) -> Any:
     ``SystemExit``) on any rank prints the traceback and ``[jaxps rank R] error: ...``;
     with more than one rank it then aborts every rank (``MPI_Abort``, exit status 1),
     within about a second. With one rank it exits with status 1 (``SystemExit``'s own
-    status for ``sys.exit``/argparse errors, 130 for Ctrl-C). Returns ``main``'s result.
+    status for ``sys.exit``/argparse errors, 130 for Ctrl-C). A ``JobExit`` (raised by all
+    ranks together) exits with its status and no abort. Returns ``main``'s result.
     """
     install_abort_hooks()
     try:
         return main(*args, **kwargs)
+    except JobExit as e:
+        if _rank() == 0:
+            _say(e.message)
+        raise SystemExit(e.code) from None
     except SystemExit as e:
         code = e.code
         if code in (None, 0):
