@@ -89,7 +89,8 @@ def install_abort_hooks() -> None:
 def run_main(main: Callable[..., Any], *args, **kwargs) -> Any:
     """Run an entrypoint's ``main(*args, **kwargs)`` so that no failure can hang the job.
 
-    Installs the abort hooks, then calls ``main``. An exception (or a non-zero
+    Installs the abort hooks and (with several ranks) has rank 0 print each rank's pid and
+    host, so that a launcher's report of a killed PID names its rank; then calls ``main``. An exception (or a non-zero
     ``SystemExit``) on any rank prints the traceback and ``[jaxps rank R] error: ...``;
     with more than one rank it then aborts every rank (``MPI_Abort``, exit status 1),
     within about a second. With one rank it exits with status 1 (``SystemExit``'s own
@@ -97,6 +98,7 @@ def run_main(main: Callable[..., Any], *args, **kwargs) -> Any:
     ranks together) exits with its status and no abort. Returns ``main``'s result.
     """
     install_abort_hooks()
+    _announce_ranks()
     try:
         return main(*args, **kwargs)
     except JobExit as e:
@@ -126,6 +128,20 @@ def run_main(main: Callable[..., Any], *args, **kwargs) -> Any:
             _say("aborting the MPI job")
             abort_now()
         raise SystemExit(1) from None
+
+
+def _announce_ranks() -> None:
+    """Rank 0 prints every rank's pid and host once: a rank killed outright (SIGKILL, out of
+    memory) cannot say who it was, and the launcher's report names only its PID."""
+    world = MPI.COMM_WORLD
+    if world.Get_size() == 1:
+        return
+    import os
+    import socket
+    where = world.allgather(f"{os.getpid()}@{socket.gethostname()}")
+    if world.Get_rank() == 0:
+        _say(f"{world.Get_size()} ranks: " + ", ".join(f"rank {r} = pid {w}"
+                                                      for r, w in enumerate(where)))
 
 
 def run_on_root(fn: Callable[[], Any], *, comm: MPI.Comm | None = None) -> Any:

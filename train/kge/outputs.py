@@ -30,6 +30,15 @@ def check_out_dir(out: Path, need_bytes: int) -> None:
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is an existing file, not a folder; pass a folder "
                           "(it is created if missing)")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputError(f"--out {out}: {existing} is a file, not a folder; pass a folder")
+    # The mode bits as well as the write test below: root may write to a folder marked
+    # read-only, which is still a folder the user asked not to be written to.
+    if not existing.stat().st_mode & 0o222:
+        raise OutputError(f"--out {out}: {existing} is read-only (mode "
+                          f"{existing.stat().st_mode & 0o777:o}); pass a folder you can "
+                          "write to")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

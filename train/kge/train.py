@@ -67,7 +67,11 @@ def load(config: KgeConfig, comm: MPI.Comm) -> KgeDataset:
         # Written aside and renamed: a concurrent run never reads a half-written folder.
         tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
         try:
-            synthetic.write_dataset(tmp, synthetic.generate(n, r, m, seed=config.seed))
+            splits = synthetic.generate(n, r, m, seed=config.seed)
+            if empty := [k for k, v in splits.items() if not len(v)]:
+                raise ValueError(f"too small to hold out {' and '.join(empty)} triples; raise "
+                                 "--synthetic-triples / --synthetic-entities")
+            synthetic.write_dataset(tmp, splits)
         except ValueError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             raise ValueError(f"cannot generate the synthetic graph (--synthetic-entities {n} "
