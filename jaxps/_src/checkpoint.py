@@ -94,6 +94,10 @@ def save_checkpoint(ps, root, *, step: int, meta: dict | None = None, keep: int 
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         comm.Barrier()
+        try:
+            tmp.rmdir()  # a folder of this rank's own (not shared with rank 0), now empty
+        except OSError:
+            pass
         raise CheckpointError(f"checkpoint {final} not written: " + "; ".join(errors))
     if rank == 0 and keep is not None:
         for old in list_checkpoints(root)[:-max(int(keep), 1)]:
