@@ -10,7 +10,6 @@ pulled after the save) when the table is small. load: the rows after loading mus
 """
 
 import json
-import resource
 import sys
 import time
 import tracemalloc
@@ -30,10 +29,15 @@ tables = {"e": jaxps.TableSpec(keys, width - 2, state_dim=2, seed=3),
           "r": jaxps.TableSpec(17, 3)}
 
 
-def rss_mib() -> float:
+def rss_mib(field: str = "VmRSS") -> float:
     with open("/proc/self/status") as f:
-        line = next(x for x in f if x.startswith("VmRSS:"))
+        line = next(x for x in f if x.startswith(field + ":"))
     return int(line.split()[1]) / 1024
+
+
+def reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as f:  # "5": reset VmHWM to the current RSS
+        f.write("5")
 
 
 rss_before = rss_mib()
@@ -59,19 +63,20 @@ with jaxps.ParameterServer(tables, technique=technique) as ps:
         path = jaxps.list_checkpoints(root)[-1]
         rss_built = rss_mib()
         ps.barrier()
+        reset_peak_rss()
         tracemalloc.start()
         t0 = time.perf_counter()
         manifest = jaxps.load_checkpoint(ps, path)
         seconds = time.perf_counter() - t0
         _, traced_peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak_rss = rss_mib("VmHWM")  # the peak since reset_peak_rss: during the load
         share = sum(s.num_keys * s.width * 4 for s in tables.values()) / size / 2**20
         print(json.dumps({"rank": rank, "ranks": size, "written_by": manifest["ranks"],
                           "share_mib": round(share, 1),
                           "rss_before_ps_mib": round(rss_before, 1),
                           "rss_after_ps_built_mib": round(rss_built, 1),
-                          "peak_rss_mib": round(peak_rss, 1),
+                          "peak_rss_during_load_mib": round(peak_rss, 1),
                           "load_added_traced_peak_mib": round(traced_peak / 2**20, 2),
                           "load_seconds": round(seconds, 2)}), flush=True)
         if small:
