@@ -227,6 +227,14 @@ def test_resume_on_another_dataset_is_refused(tmp_path, graph):
         run(parse_args([*args, "--epochs", "3", "--resume"]))
 
 
+def test_a_fresh_run_into_an_out_with_checkpoints_is_refused(tmp_path, graph):
+    args = _trained(graph, tmp_path / "o")
+    before = files(tmp_path / "o")
+    with pytest.raises(ResumeError, match="holds checkpoints of an earlier run .* pass --resume"):
+        run(parse_args([*args, "--epochs", "1"]))
+    assert files(tmp_path / "o") == before
+
+
 def test_epochs_below_the_checkpoint_is_an_error(tmp_path, graph):
     args = _trained(graph, tmp_path / "o")
     with pytest.raises(ResumeError, match="--epochs 1 is below the checkpoint's epoch 2"):

@@ -46,12 +46,18 @@ def checkpoint_root(config: KgeConfig) -> Path:
 def find_checkpoint(config: KgeConfig) -> Path | None:
     """The checkpoint ``--resume`` names: None to start afresh (``auto`` without one).
 
-    Raises ResumeError for ``--resume``/``latest`` without a checkpoint, or a PATH that is
-    not one.
+    Raises ResumeError for ``--resume``/``latest`` without a checkpoint, a PATH that is not
+    one, or a run without --resume into an --out that already holds checkpoints.
     """
-    if not config.resume:
-        return None
     root = checkpoint_root(config)
+    if not config.resume:
+        if config.out and (found := jaxps.list_checkpoints(root)):
+            # Starting afresh here would interleave two runs' checkpoints (keep-K could
+            # then delete the new ones, and a later --resume pick the old run's).
+            raise ResumeError(f"--out {config.out} holds checkpoints of an earlier run "
+                              f"(newest {found[-1]}); pass --resume to continue it, or "
+                              f"another --out (or delete {root}) to start afresh")
+        return None
     if config.resume in ("latest", "auto"):
         found = jaxps.list_checkpoints(root)
         if found:

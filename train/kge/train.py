@@ -458,7 +458,7 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
         jaxps.run_on_root(lambda: outputs.check_out_dir(out, _out_bytes(tables, widths)),
                           comm=comm)
     resume_from, manifest, notes = None, None, []
-    if config.resume:
+    if out is not None:
         def find():
             path = find_checkpoint(config)
             if path is None:
@@ -466,7 +466,7 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
             m = jaxps.read_manifest(path)
             return path, m, check_compatible(m, config, fingerprint, path)
         resume_from, manifest, notes = jaxps.run_on_root(find, comm=comm)
-        if resume_from is None:
+        if config.resume and resume_from is None:
             say(f"--resume auto: no checkpoint in {checkpoint_root(config)}; starting afresh")
     filter_index = build_filter(*dataset.splits.values(), num_entities=dataset.num_entities,
                                 num_relations=dataset.num_relations)
