@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import jaxps
-from tests.conftest import MPIEXEC, REPO, mpi_env, mpirun
+from tests.conftest import MPIEXEC, REPO, mpi_env
 from train.kge import synthetic
 from train.kge.config import parse_args
 from train.kge.data import DataError, load_dataset

@@ -16,9 +16,6 @@ import inspect
 import math
 import os
 import shutil
-import signal
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -33,6 +30,7 @@ from jaxps import ParameterServer, TableSpec
 from jaxps import Batch, SparseTrainer, index_batch, row_adagrad
 from jaxps._src.row_optim import ROW_OPTIMIZERS
 from train.kge import outputs, synthetic
+from train.kge.interrupt import StopRequest
 from train.kge.config import KgeConfig
 from train.kge.data import KgeDataset, load_dataset, user_cache_dir
 from train.kge.evaluate import Scorers, build_filter, evaluate, reciprocal_scorers
@@ -324,87 +322,6 @@ def _out_bytes(tables: dict, widths: dict) -> int:
     return exports + checkpoint + (1 << 20)
 
 
-class _Stop:
-    """SIGINT/SIGTERM: ask the ranks to stop at the next common batch boundary.
-
-    The handler only sets a flag. Every ``EVERY`` batches each rank posts a non-blocking
-    MAX-reduction of its flag (on its own duplicate of the communicator, from the batch
-    thread) and reads the previous one's result, so all ranks see the same answer at the same
-    batch and stop there; a second signal interrupts at once.
-    """
-
-    EVERY = 8
-
-    def __init__(self, comm):
-        self.comm = comm.Dup() if comm.Get_size() > 1 else None
-        self.requested = threading.Event()
-        self.signal_name = None
-        self._previous = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-        if self.comm is not None:
-            self.comm.Free()
-            self.comm = None
-
-    def _handle(self, signum, frame):
-        if self.requested.is_set():
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
-        self.requested.set()
-        sys.stderr.write(f"[jaxps rank {MPI.COMM_WORLD.Get_rank()}] {self.signal_name}: "
-                         "finishing the current step, then writing a checkpoint (send it "
-                         "again to stop at once)\n")
-        sys.stderr.flush()
-
-    def agreed(self) -> bool:
-        """Collective (blocking, between epochs): did any rank ask to stop?"""
-        if self.comm is None:
-            return self.requested.is_set()
-        flag = np.array([int(self.requested.is_set())], np.int32)
-        self.comm.Allreduce(MPI.IN_PLACE, flag, op=MPI.MAX)
-        return bool(flag[0])
-
-    def batches(self, batches, common: int, stopped: list):
-        """``batches`` until the ranks agree to stop; ``common``: batches every rank has.
-        Appends the number of batches yielded to ``stopped`` when it stopped early."""
-        pending = None
-        for index, batch in enumerate(batches):
-            if self.comm is None:  # one rank: no one to agree with
-                if self.requested.is_set():
-                    stopped.append(index)
-                    return
-            elif index % self.EVERY == 0 and index < common:
-                if pending is not None and self._result(pending):
-                    stopped.append(index)
-                    return
-                pending = (self._post() if index + self.EVERY < common else None)
-            yield batch
-
-    def _post(self):
-        flag = np.array([int(self.requested.is_set())], np.int32)
-        if self.comm is None:
-            return flag, None
-        out = np.zeros(1, np.int32)
-        return out, self.comm.Iallreduce(flag, out, op=MPI.MAX)
-
-    @staticmethod
-    def _result(pending) -> bool:
-        out, request = pending
-        if request is not None:
-            while not request.Test():  # sleep, not spin: the cores are shared with training
-                time.sleep(1e-3)
-        return bool(out[0])
-
-
 # ----- the run -------------------------------------------------------------------------------
 def _global_stats(stats: dict, comm) -> dict:
     """This epoch's PS counters summed over the ranks (which may report different keys)."""
@@ -477,7 +394,7 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
     train_stats: dict = {}
     prior_seconds, first, start = 0.0, 1, 0
     interrupted, summary = None, None
-    stop = _Stop(comm)
+    stop = StopRequest(comm)
     stop.install()
     try:
         with ParameterServer(tables, technique=technique_for(config, dataset), comm=comm,
