@@ -47,7 +47,7 @@ class KgeConfig:
                      "into a cache folder")
     model: str = _opt("complex", "KGE model", tuple(sorted(models.MODELS)))
     dim: int = _opt(256, "embedding size (real numbers per entity row; ComplEx: dim/2 complex)",
-                   low=1, high=1 << 16)
+                   low=1)
     epochs: int = _opt(10, "passes over the training triples (with --resume: the total, counting "
                       "the epochs already trained)", low=1)
     batch_size: int = _opt(512, "positive triples per batch (per rank)", low=1)
