@@ -14,6 +14,7 @@ failing and the others waiting.
 
 from __future__ import annotations
 
+import pickle
 import sys
 import threading
 import traceback
@@ -164,7 +165,6 @@ def run_on_root(fn: Callable[[], Any], *, comm: MPI.Comm | None = None) -> Any:
         except Exception as e:  # noqa: BLE001 - forwarded to every rank and raised there
             outcome = (False, e)
         try:
-            import pickle
             pickle.dumps(outcome)
         except Exception:  # noqa: BLE001
             value = outcome[1]

@@ -99,6 +99,8 @@ class KgeConfig:
     progress: bool = _opt(True, "show a progress bar on rank 0")
 
     def __post_init__(self):
+        if isinstance(self.resume, bool):  # KgeConfig(resume=True) from code: the newest
+            object.__setattr__(self, "resume", "latest" if self.resume else "")
         for f in dataclasses.fields(self):
             flag = "--" + f.name.replace("_", "-")
             choices = f.metadata.get("choices")

@@ -7,6 +7,11 @@ permutation on every rank) and rank r takes every size-th triple starting at r. 
 batch, used to corrupt both the head and the tail. Batches are built in the trainer's
 background thread ahead of time, so the negatives of batch t+1 are drawn before batch t runs
 and are part of its intent.
+
+Reliability (docs/reliability.md): every check runs before training and fails all ranks;
+checkpoints are sharded (``jaxps.save_checkpoint``) and resumed only after the config and
+dataset were compared (train/kge/resume.py); SIGINT/SIGTERM stop all ranks at a common batch
+(train/kge/interrupt.py); outputs are written atomically (train/kge/outputs.py).
 """
 
 from __future__ import annotations
