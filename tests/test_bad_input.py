@@ -459,3 +459,19 @@ def _descendants(pid: int) -> list[int]:
                          text=True).stdout.split()
     kids = [int(x) for x in out]
     return kids + [d for k in kids for d in _descendants(k)]
+
+
+def test_two_ranks_corrupt_shard_is_named_on_every_rank(tmp_path, graph):
+    out = tmp_path / "o"
+    args = ["--data", str(graph), "--out", str(out), *FAST, "--checkpoint-every", "1"]
+    status, text, _ = cli([*args, "--epochs", "2"], ranks=2, timeout=120)
+    assert status == 0, text[-3000:]
+    older, newest = jaxps.list_checkpoints(out / "checkpoints")
+    shard = newest / "entity.00001.rows.npy"
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 0x01
+    shard.write_bytes(bytes(data))
+    status, text, seconds = cli([*args, "--epochs", "3", "--resume"], ranks=2, timeout=60)
+    _ended(status, text, seconds, "checkpoint shard 2 of 2 (table 'entity')")
+    assert "checksum mismatch" in text and f"the previous checkpoint is at {older}" in text
+    assert text.count("CheckpointError: checkpoint shard 2 of 2") >= 2  # every rank says it
