@@ -8,6 +8,7 @@ a non-blocking reduction every few batches (see `StopRequest`).
 
 from __future__ import annotations
 
+import collections
 import signal
 import sys
 import threading
@@ -22,11 +23,13 @@ class StopRequest:
 
     The handler only sets a flag. Every ``EVERY`` batches each rank posts a non-blocking
     MAX-reduction of its flag (on its own duplicate of the communicator, from the batch
-    thread) and reads the previous one's result, so all ranks see the same answer at the same
-    batch and stop there; a second signal interrupts at once.
+    thread) and reads the one posted ``LAG`` batches earlier, so all ranks see the same
+    answer at the same batch and stop there, at most EVERY + LAG batches after the signal;
+    a second signal interrupts at once.
     """
 
-    EVERY = 8
+    EVERY = 16  # batches between two posted reductions
+    LAG = 32    # batches between posting a reduction and reading it (a multiple of EVERY)
 
     def __init__(self, comm):
         self.comm = comm.Dup() if comm.Get_size() > 1 else None
@@ -68,31 +71,34 @@ class StopRequest:
 
     def batches(self, batches, common: int, stopped: list):
         """``batches`` until the ranks agree to stop; ``common``: batches every rank has.
-        Appends the number of batches yielded to ``stopped`` when it stopped early."""
-        pending = None
+        Appends the number of batches yielded to ``stopped`` when it stopped early.
+
+        A reduction posted at batch i is read at batch i + LAG: by then every rank has
+        almost always posted it, so reading it rarely waits (waiting would tie the ranks'
+        batch threads together every few batches)."""
+        pending: collections.deque = collections.deque()
         for index, batch in enumerate(batches):
             if self.comm is None:  # one rank: no one to agree with
                 if self.requested.is_set():
                     stopped.append(index)
                     return
             elif index % self.EVERY == 0 and index < common:
-                if pending is not None and self._result(pending):
+                if pending and pending[0][0] + self.LAG == index and self._result(pending.popleft()):
                     stopped.append(index)
                     return
-                pending = (self._post() if index + self.EVERY < common else None)
+                if index + self.LAG < common:
+                    pending.append(self._post(index))
             yield batch
 
-    def _post(self):
+    def _post(self, index: int):
         flag = np.array([int(self.requested.is_set())], np.int32)
-        if self.comm is None:
-            return flag, None
         out = np.zeros(1, np.int32)
-        return out, self.comm.Iallreduce(flag, out, op=MPI.MAX)
+        # Both buffers stay referenced (in the tuple) until the reduction completed.
+        return index, flag, out, self.comm.Iallreduce(flag, out, op=MPI.MAX)
 
     @staticmethod
     def _result(pending) -> bool:
-        out, request = pending
-        if request is not None:
-            while not request.Test():  # sleep, not spin: the cores are shared with training
-                time.sleep(1e-3)
+        _, _, out, request = pending
+        while not request.Test():  # sleep, not spin: the cores are shared with training
+            time.sleep(1e-4)
         return bool(out[0])
