@@ -5,9 +5,18 @@ needs only numpy and mpi4py; the trainer names (``SparseTrainer``, row optimizer
 import JAX on first use.
 """
 
+from ._src.checkpoint import CheckpointError as CheckpointError
+from ._src.checkpoint import list_checkpoints as list_checkpoints
+from ._src.checkpoint import load_checkpoint as load_checkpoint
+from ._src.checkpoint import read_manifest as read_manifest
+from ._src.checkpoint import save_checkpoint as save_checkpoint
 from ._src.errors import InputError as InputError
 from ._src.errors import ProtocolError as ProtocolError
 from ._src.handles import Handle as Handle
+from ._src.launch import JobExit as JobExit
+from ._src.launch import install_abort_hooks as install_abort_hooks
+from ._src.launch import run_main as run_main
+from ._src.launch import run_on_root as run_on_root
 from ._src.server import ParameterServer as ParameterServer
 from ._src.tables import TableSpec as TableSpec
 from ._src.techniques import TECHNIQUES as TECHNIQUES
@@ -33,7 +42,9 @@ def __getattr__(name):
     raise AttributeError(f"module 'jaxps' has no attribute {name!r}")
 
 
-__all__ = ["Adaptive", "Batch", "Classic", "EpochMetrics", "Handle", "InputError", "Nups",
-           "ParameterServer", "ProtocolError", "Relocation", "Replication", "RowOptimizer",
-           "SparseTrainer", "TECHNIQUES", "TableSpec", "Technique", "bucket_size",
-           "index_batch", "row_adagrad", "row_adam", "row_optimizer"]
+__all__ = ["Adaptive", "Batch", "CheckpointError", "Classic", "EpochMetrics", "Handle",
+           "InputError", "JobExit", "Nups", "ParameterServer", "ProtocolError", "Relocation", "Replication",
+           "RowOptimizer", "SparseTrainer", "TECHNIQUES", "TableSpec", "Technique",
+           "bucket_size", "index_batch", "install_abort_hooks", "list_checkpoints",
+           "load_checkpoint", "read_manifest", "row_adagrad", "row_adam", "row_optimizer",
+           "run_main", "run_on_root", "save_checkpoint"]

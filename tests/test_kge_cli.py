@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 
+import jaxps
+
 from train.kge import synthetic
 from train.kge.__main__ import main
 from train.kge.config import KgeConfig, parse_args
@@ -98,8 +100,8 @@ def test_resume_continues_from_the_checkpoint(tiny_graph, tmp_path):
     base = ["--data", str(tiny_graph), "--out", str(out), "--dim", "16", "--batch-size", "256",
             "--negatives", "32", "--max-eval", "50", "--eval-every", "0", "--no-progress"]
     main([*base, "--epochs", "2", "--checkpoint-every", "1"])
-    with np.load(out / "checkpoint.npz") as ckpt:
-        assert int(ckpt["epoch"]) == 2
+    newest = jaxps.list_checkpoints(out / "checkpoints")[-1]
+    assert jaxps.read_manifest(newest)["meta"]["epoch"] == 2
     summary = run(parse_args([*base, "--epochs", "3", "--resume"]))
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2, 3]

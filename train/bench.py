@@ -697,4 +697,7 @@ def _progress(i: int, n: int, r: dict, elapsed: float) -> str:
 
 
 if __name__ == "__main__":
+    if "--worker" in sys.argv:  # a rank of a job: any failure ends the whole job at once
+        import jaxps
+        sys.exit(jaxps.run_main(main))
     sys.exit(main())

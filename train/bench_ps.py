@@ -139,4 +139,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import jaxps
+    jaxps.run_main(main)  # under mpiexec: a failure on any rank ends the whole job

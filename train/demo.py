@@ -118,4 +118,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    jaxps.run_main(main)  # an error on any rank ends the whole job

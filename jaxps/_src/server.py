@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Mapping
@@ -53,8 +52,10 @@ class ParameterServer:
         heartbeats when idle) is declared stopped, hung or gone, and the job ends naming it
         (None: wait forever).
       abort_on_error: with more than one rank, an exception that escapes the ``with``
-        block, or any uncaught exception in the process, prints its traceback and
-        aborts the whole MPI job, so no rank waits forever for a dead peer.
+        block prints its traceback and aborts the whole MPI job, so no rank waits
+        forever for a dead peer. Errors elsewhere in the program (before the PS exists,
+        after it closed, on other threads) are the entrypoint's: wrap it in
+        ``jaxps.run_main`` (or call ``jaxps.install_abort_hooks()`` first).
 
     Thread-safety: all methods may be called from any thread; operations are applied
     in the order they take the PS's internal lock. Use as a context manager, or call
@@ -104,8 +105,6 @@ class ParameterServer:
             if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
                 raise RuntimeError("jaxps needs MPI_THREAD_MULTIPLE; do not set "
                                    "mpi4py.rc.thread_level to a lower level")
-            if abort_on_error:
-                _install_abort_hooks()
             self._abort_on_error = abort_on_error
             latency, bandwidth = _emulated_network()
             self._engine.transport = Transport(self._comm, self._engine.on_envelope, self._stats,
@@ -539,28 +538,3 @@ def _emulated_network() -> tuple[float, float]:
                              f"(unset it for no emulated network)")
         values.append(value * scale)
     return values[0], values[1]
-
-
-_hooks_installed = False
-
-
-def _install_abort_hooks() -> None:
-    """Uncaught exceptions (any thread) print and abort the whole MPI job."""
-    global _hooks_installed
-    if _hooks_installed:
-        return
-    _hooks_installed = True
-    prev_hook = sys.excepthook
-
-    def excepthook(exc_type, exc, tb):
-        prev_hook(exc_type, exc, tb)
-        sys.stderr.write(f"[jaxps rank {MPI.COMM_WORLD.Get_rank()}] uncaught exception: "
-                         f"aborting the MPI job\n")
-        abort_now()
-
-    def thread_hook(args):
-        traceback.print_exception(args.exc_type, args.exc_value, args.exc_traceback)
-        abort_now()
-
-    sys.excepthook = excepthook
-    threading.excepthook = thread_hook

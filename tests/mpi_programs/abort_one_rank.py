@@ -1,7 +1,8 @@
 """Rank 1 fails while the others wait on it; used by tests/test_mpi.py.
 
 Default: the error escapes the ``with ParameterServer`` block. ``--outside``: the
-error is raised after the block was left without closing (excepthook path).
+error is raised after the block was left without closing (excepthook path: the program
+installs the hooks with ``jaxps.install_abort_hooks()``, as ``jaxps.run_main`` does).
 """
 
 import sys
@@ -14,6 +15,8 @@ import jaxps
 
 rank = MPI.COMM_WORLD.Get_rank()
 outside = "--outside" in sys.argv
+if outside:
+    jaxps.install_abort_hooks()
 ps = jaxps.ParameterServer({"e": jaxps.TableSpec(1000, 4)}, technique="relocation")
 if outside:
     if rank == 1:

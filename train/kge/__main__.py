@@ -3,6 +3,7 @@
 Options and defaults: ``python -m train.kge --help`` (from train/kge/config.py).
 """
 
+import jaxps
 from train.kge.config import parse_args
 from train.kge.train import run
 
@@ -12,4 +13,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Any error on any rank, from option parsing to the last export, ends the whole job.
+    jaxps.run_main(main)

@@ -4,7 +4,16 @@ File format (the ConvE / LibKGE / CoDEx releases): UTF-8 text, one triple per li
 ``head<TAB>relation<TAB>tail``. Tolerated: CRLF line endings (FB15k-237 has them; a reader that
 keeps the ``\\r`` silently doubles the tail entities), a UTF-8 byte-order mark, and trailing
 newlines / blank lines at the end of a file. Everything else that is not exactly three non-empty
-tab-separated fields is an error naming ``path:lineno``.
+tab-separated fields is an error naming ``path:lineno``. Strict on purpose, where a lenient reader
+would silently change the graph:
+
+- A field with leading or trailing spaces is an error (rejected, not stripped): ``"a\t r\tb"``
+  would otherwise name a second relation " r" (UMLS with padded fields: 263 entities instead of
+  135, test MRR 0.43 -> 0.15). Spaces inside a name are kept (names are opaque).
+- A first line that looks like a header (all three fields header words such as
+  ``head relation tail``, ``subject predicate object``, ``h r t``) is an error, not a triple.
+- A valid.txt / test.txt that exists but holds no triple is an error at load time (delete the
+  file to train without that split), not a crash after training.
 
 Ids: entities and relations are numbered 0, 1, ... in order of first appearance over train, then
 valid, then test (within a line: head before tail). So the ids ``[0, k)`` are exactly the k
@@ -35,10 +44,14 @@ from typing import Mapping
 import numpy as np
 
 SPLITS = ("train", "valid", "test")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: caches parsed before the space/header/empty-split checks are re-read
 _CHUNK_BYTES = 1 << 24  # parse block size: bounds the memory taken by Python str objects
 _BOM = b"\xef\xbb\xbf"
 _FIELDS = ("head", "relation", "tail")
+_HEADER_WORDS = frozenset({"head", "relation", "tail", "subject", "predicate", "object", "h", "r",
+                           "t", "s", "p", "o", "rel", "source", "target", "from", "to", "label",
+                           "edge", "e1", "e2", "entity1", "entity2", "head_id", "relation_id",
+                           "tail_id", "subject_id", "object_id", "src", "dst"})
 
 
 class DataError(ValueError):
@@ -117,8 +130,9 @@ def load_dataset(folder: str | os.PathLike, *, name: str | None = None, cache: b
         writable, else ``~/.cache/jaxps``.
 
     Raises:
-      DataError: missing folder or train.txt, empty train.txt, or a malformed / non-UTF-8 line
-        (the message gives ``path:lineno`` and the line).
+      DataError: missing folder or train.txt, an empty split file, a header line, a field
+        with leading/trailing spaces, or a malformed / non-UTF-8 line (the message gives
+        ``path:lineno`` and the line).
     """
     folder = Path(folder)
     name = name or folder.resolve().name
@@ -137,6 +151,9 @@ def load_dataset(folder: str | os.PathLike, *, name: str | None = None, cache: b
         if split == "train" and not len(splits[split]):
             raise DataError(f"{path}: no triples; train.txt needs at least one line "
                             "head<TAB>relation<TAB>tail")
+        if not len(splits[split]):
+            raise DataError(f"{path}: no triples; fill it (head<TAB>relation<TAB>tail per "
+                            f"line) or delete it to train without a {split} split")
     dataset = KgeDataset(name, _names(entities), _names(relations), splits, missing, cache_path)
     if cache_path is not None:
         _write_cache(cache_path, dataset)
@@ -194,7 +211,11 @@ def _parse_block(block: bytes, path: Path, lineno: int, entities: dict[str, int]
         raise _line_error(path, block, lineno, e.start,
                           f"not valid UTF-8 ({e.reason} at byte {column} of the line)") from e
     _check_fields(block, path, lineno)
+    _check_spaces(block, path, lineno)
     flat = text.replace("\n", "\t").split("\t")
+    if lineno == 1 and all(f.lower() in _HEADER_WORDS for f in flat[:3]):
+        raise _line_error(path, block, lineno, 0, "a header line, not a triple (the files have "
+                          "no header: delete this line)")
     n = len(flat) // 3
     ends: list = [None] * (2 * n)  # head, tail, head, tail, ...: first-appearance order
     ends[0::2], ends[1::2] = flat[0::3], flat[2::3]
@@ -234,6 +255,26 @@ def _check_fields(block: bytes, path: Path, lineno: int) -> None:
         field = _FIELDS[text.split(b"\t").index(b"")]
         reason = f"empty {field} field"
     raise _line_error(path, block, lineno, start, reason)
+
+
+def _check_spaces(block: bytes, path: Path, lineno: int) -> None:
+    """Raise on the first field that starts or ends with a space (vectorized over the block)."""
+    a = np.frombuffer(block, np.uint8)
+    sp = np.flatnonzero(a == 32)
+    if not len(sp):
+        return
+    before = np.where(sp > 0, a[np.maximum(sp - 1, 0)], 9)
+    after = np.where(sp < len(a) - 1, a[np.minimum(sp + 1, len(a) - 1)], 9)
+    bad = np.flatnonzero((before == 9) | (before == 10) | (after == 9) | (after == 10))
+    if not len(bad):
+        return
+    pos = int(sp[bad[0]])
+    start = block.rfind(b"\n", 0, pos) + 1
+    field = _FIELDS[min(block.count(b"\t", start, pos), 2)]
+    raise _line_error(path, block, lineno, pos,
+                      f"{field} field has leading or trailing spaces (rejected rather than "
+                      "stripped, so that no name silently becomes two entities; remove the spaces "
+                      "next to the tabs and at the line's ends)")
 
 
 def _line_error(path: Path, block: bytes, lineno: int, pos: int, reason: str) -> DataError:

@@ -7,12 +7,17 @@ permutation on every rank) and rank r takes every size-th triple starting at r. 
 batch, used to corrupt both the head and the tail. Batches are built in the trainer's
 background thread ahead of time, so the negatives of batch t+1 are drawn before batch t runs
 and are part of its intent.
+
+Reliability (docs/reliability.md): every check runs before training and fails all ranks;
+checkpoints are sharded (``jaxps.save_checkpoint``) and resumed only after the config and
+dataset were compared (train/kge/resume.py); SIGINT/SIGTERM stop all ranks at a common batch
+(train/kge/interrupt.py); outputs are written atomically (train/kge/outputs.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import inspect
 import math
 import os
 import shutil
@@ -29,11 +34,13 @@ import models
 from jaxps import ParameterServer, TableSpec
 from jaxps import Batch, SparseTrainer, index_batch, row_adagrad
 from jaxps._src.row_optim import ROW_OPTIMIZERS
-from train.kge import synthetic
+from train.kge import outputs, synthetic
+from train.kge.interrupt import StopRequest
 from train.kge.config import KgeConfig
 from train.kge.data import KgeDataset, load_dataset, user_cache_dir
-from train.kge.evaluate import (Scorers, build_filter, count_unseen, evaluate,
-                                reciprocal_scorers)
+from train.kge.evaluate import Scorers, build_filter, evaluate, reciprocal_scorers
+from train.kge.resume import (check_compatible, checkpoint_root, dataset_fingerprint, describe,
+                              find_checkpoint)
 
 _SNAPSHOT_FLOATS = 1 << 28  # evaluation copies the entity table when it is at most 1 GiB
 _MASKED = -1e30
@@ -41,27 +48,53 @@ _MASKED = -1e30
 
 # ----- data ----------------------------------------------------------------------------------
 def load(config: KgeConfig, comm: MPI.Comm) -> KgeDataset:
-    """The dataset of ``config.data``, or the default synthetic graph (generated on rank 0)."""
+    """The dataset of ``config.data``, or the default synthetic graph, on every rank.
+
+    The synthetic graph is generated on rank 0 first (a failure there, such as a graph too
+    small to generate, fails every rank with its message), then by every rank that does not
+    see rank 0's copy: ranks on other hosts have their own cache folder, and the graph is
+    deterministic in its seed, so their copies are identical.
+    """
     if config.data:
         from train.kge.datasets import resolve
         return load_dataset(resolve(config.data))
     n, r, m = config.synthetic_entities, config.synthetic_relations, config.synthetic_triples
     # The cluster count is part of the name: graphs cached before its default changed differ.
     k = synthetic.default_num_clusters(n)
-    folder = user_cache_dir() / "synthetic" / f"e{n}-r{r}-t{m}-c{k}-s{config.seed}"
-    if comm.Get_rank() == 0 and not (folder / "test.txt").is_file():
+    name = f"e{n}-r{r}-t{m}-c{k}-s{config.seed}"
+
+    def generate() -> None:
+        folder = user_cache_dir() / "synthetic" / name
+        if (folder / "test.txt").is_file():
+            return
         # Written aside and renamed: a concurrent run never reads a half-written folder.
         tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
-        synthetic.write_dataset(tmp, synthetic.generate(n, r, m, seed=config.seed))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    comm.Barrier()
-    return load_dataset(folder)
+        try:
+            splits = synthetic.generate(n, r, m, seed=config.seed)
+            if empty := [k for k, v in splits.items() if not len(v)]:
+                raise ValueError(f"too small to hold out {' and '.join(empty)} triples; raise "
+                                 "--synthetic-triples / --synthetic-entities")
+            synthetic.write_dataset(tmp, splits)
+        except ValueError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ValueError(f"cannot generate the synthetic graph (--synthetic-entities {n} "
+                             f"--synthetic-relations {r} --synthetic-triples {m}): {e}") from e
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process renamed its identical copy first
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (folder / "test.txt").is_file():
+                raise
+
+    jaxps.run_on_root(generate, comm=comm)
+    if comm.Get_rank() != 0:
+        generate()  # no-op where rank 0's copy is visible (a shared cache folder)
+    return load_dataset(user_cache_dir() / "synthetic" / name)
 
 
 def epoch_batches(train: np.ndarray, num_entities: int, config: KgeConfig, epoch: int,
-                  rank: int, size: int, local_pool=None, *, num_relations: int = 0):
+                  rank: int, size: int, local_pool=None, *, num_relations: int = 0,
+                  start: int = 0):
     """This rank's batches of one epoch: ``Batch(keys, data)``; data indexes rows by position.
 
     data: s, p, o int32 [B] positions; neg int32 [K] positions; weight float32 [B] (0 pads
@@ -69,18 +102,26 @@ def epoch_batches(train: np.ndarray, num_entities: int, config: KgeConfig, epoch
     (dropout); with ``config.reciprocal`` also p_inv int32 [B], the positions of the inverse
     relations' rows (key p + num_relations). ``local_pool``: ``() -> entity keys held here``,
     for local sampling.
+
+    Data order: the epoch's permutation of the training triples (the same on every rank);
+    rank r takes every size-th of its entries from ``start`` on. After b batches on every
+    rank, exactly the entries ``[start, start + b * batch_size * size)`` are consumed, so a
+    run stopped there continues with ``start`` = that position, on any rank count. Each
+    batch's random numbers come from its own generator, seeded by (seed, epoch, rank, size,
+    position of the batch), so a continuation on as many ranks draws what the uninterrupted
+    run would have drawn.
     """
     if config.reciprocal and num_relations < 1:
         raise ValueError("epoch_batches: --reciprocal needs num_relations (the inverse of "
                          "relation p is row p + num_relations)")
     perm = np.random.default_rng([config.seed, epoch]).permutation(len(train))
-    mine = train[perm[rank::size]]
-    rng = np.random.default_rng([config.seed, epoch, rank, 1])
+    mine = train[perm[start:][rank::size]]
     b = config.batch_size
     all_entities = config.negatives >= num_entities
     pool = None
-    for index, start in enumerate(range(0, len(mine), b)):
-        part = mine[start:start + b]
+    for index, first in enumerate(range(0, len(mine), b)):
+        rng = np.random.default_rng([config.seed, epoch, rank, size, start + first * size])
+        part = mine[first:first + b]
         weight = np.zeros(b, np.float32)
         weight[:len(part)] = 1.0
         part = np.concatenate([part, np.repeat(part[:1], b - len(part), axis=0)])
@@ -100,11 +141,11 @@ def epoch_batches(train: np.ndarray, num_entities: int, config: KgeConfig, epoch
             data["p"], data["p_inv"] = p
         else:
             data["p"] = p
-        yield Batch(keys, data, len(mine[start:start + b]))
+        yield Batch(keys, data, len(mine[first:first + b]))
 
 
-def num_batches(num_train: int, config: KgeConfig, rank: int, size: int) -> int:
-    return math.ceil(len(range(rank, num_train, size)) / config.batch_size)
+def num_batches(num_train: int, config: KgeConfig, rank: int, size: int, start: int = 0) -> int:
+    return math.ceil(len(range(start + rank, num_train, size)) / config.batch_size)
 
 
 # ----- loss ----------------------------------------------------------------------------------
@@ -206,11 +247,6 @@ def read_table(ps: ParameterServer, table: str, *, columns: int | None = None,
     return np.concatenate(parts)
 
 
-def write_table(ps: ParameterServer, table: str, rows: np.ndarray, *, chunk: int = 1 << 16):
-    for a in range(0, len(rows), chunk):
-        ps.set(table, np.arange(a, min(a + chunk, len(rows))), rows[a:a + chunk])
-
-
 def scorers_for(model: models.KgeModel, config: KgeConfig) -> Scorers:
     """The evaluation scorers; with --reciprocal, relation rows are read as [p | p^-1]."""
     if config.reciprocal:
@@ -252,49 +288,52 @@ def capped(triples: np.ndarray, config: KgeConfig) -> np.ndarray:
 
 
 # ----- checkpoints ---------------------------------------------------------------------------
-def save_checkpoint(ps, out: Path, epoch: int, config: KgeConfig, comm) -> None:
-    """Collective: rank 0 writes out/checkpoint.npz (whole rows incl. optimizer state)."""
-    ps.wait_sync()
-    if comm.Get_rank() == 0:
-        tmp = out / "checkpoint.tmp.npz"
-        np.savez(tmp, entity=read_table(ps, "entity"), relation=read_table(ps, "relation"),
-                 epoch=epoch, config=json.dumps(dataclasses.asdict(config)))
-        tmp.replace(out / "checkpoint.npz")
-    ps.barrier()
+def save_checkpoint(ps, config: KgeConfig, comm, *, epoch: int, position: int, num_train: int,
+                    history: list, seconds: float, fingerprint: dict) -> Path:
+    """Collective: a sharded checkpoint in out/checkpoints (``jaxps.save_checkpoint``).
+
+    ``epoch``: epochs completed; ``position``: entries of epoch + 1's permutation already
+    trained (0 at an epoch boundary). The step is the number of training triples consumed,
+    which orders checkpoints whatever the rank count.
+    """
+    meta = {"epoch": epoch, "position": position, "history": history, "seconds": seconds,
+            "config": dataclasses.asdict(config), "fingerprint": fingerprint,
+            "rng": "numpy default_rng([seed, epoch]) permutes the epoch; each batch draws from "
+                   "default_rng([seed, epoch, rank, size, position of the batch])"}
+    return jaxps.save_checkpoint(ps, checkpoint_root(config), step=epoch * num_train + position,
+                                 meta=meta, keep=config.keep_checkpoints, comm=comm)
 
 
-def load_checkpoint(ps, out: Path, comm) -> int:
-    """Collective: restore the tables from out/checkpoint.npz; returns its epoch (0: none)."""
-    path = out / "checkpoint.npz"
-    if not path.is_file():
-        return 0
-    epoch = 0
-    if comm.Get_rank() == 0:
-        with np.load(path) as ckpt:
-            for table in ("entity", "relation"):
-                want = (ps.tables[table].num_keys, ps.tables[table].width)
-                if ckpt[table].shape != want:
-                    raise ValueError(f"{path}: table {table!r} has shape {ckpt[table].shape}, "
-                                     f"this run needs {want}; resume with the same --data, "
-                                     "--model, --dim, --optimizer and --[no-]reciprocal")
-                write_table(ps, table, ckpt[table])
-            epoch = int(ckpt["epoch"])
-    ps.wait_sync()
-    return comm.bcast(epoch, root=0)
-
-
-def export_embeddings(ps, out: Path, dataset: KgeDataset, widths: dict) -> None:
+def export_embeddings(ps, out: Path, dataset: KgeDataset, widths: dict, *,
+                      chunk: int = 1 << 16) -> list[str]:
     """Rank 0: entity/relation embeddings as .npy plus id maps (one name per line).
 
     With reciprocal relations, relation_embeddings.npy holds the forward rows and
     reciprocal_relation_embeddings.npy the inverse ones (row i: the inverse of relation i).
+    Each file is written atomically, pulled chunk by chunk (no whole-table copy in memory).
+    Returns the names of the files written.
     """
+    written = []
     for table, names in (("entity", dataset.entity_ids), ("relation", dataset.relation_ids)):
-        rows = read_table(ps, table, columns=widths[table])
-        np.save(out / f"{table}_embeddings.npy", rows[:len(names)])
-        if len(rows) > len(names):
-            np.save(out / f"reciprocal_{table}_embeddings.npy", rows[len(names):])
-        (out / f"{table}_ids.txt").write_text("".join(f"{x}\n" for x in names), encoding="utf-8")
+        n_keys, w = ps.tables[table].num_keys, widths[table]
+        parts = [(f"{table}_embeddings.npy", 0, len(names))]
+        if n_keys > len(names):
+            parts.append((f"reciprocal_{table}_embeddings.npy", len(names), n_keys))
+        for file, a, b in parts:
+            rows = (ps.pull(table, np.arange(x, min(x + chunk, b)))[:, :w]
+                    for x in range(a, b, chunk))
+            outputs.write_npy(out / file, (b - a, w), rows)
+            written.append(file)
+        outputs.write_text(out / f"{table}_ids.txt", "".join(f"{x}\n" for x in names))
+        written.append(f"{table}_ids.txt")
+    return written
+
+
+def _out_bytes(tables: dict, widths: dict) -> int:
+    """Disk space a run needs in --out: the embeddings plus one checkpoint, and a margin."""
+    exports = sum(spec.num_keys * widths[t] * 4 for t, spec in tables.items())
+    checkpoint = sum(spec.num_keys * (spec.width * 4 + 8) for spec in tables.values())
+    return exports + checkpoint + (1 << 20)
 
 
 # ----- the run -------------------------------------------------------------------------------
@@ -319,106 +358,214 @@ def _short(metrics: dict | None) -> dict | None:
 
 
 def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
-    """Train and evaluate as configured; returns the summary (also written to out/)."""
+    """Train and evaluate as configured; returns the summary (also written to out/).
+
+    Every check that can fail runs before training, where a failure fails every rank with
+    its message (call it through ``jaxps.run_main`` so that any later error ends the job).
+    SIGINT/SIGTERM stop all ranks at a common batch, write a checkpoint (with --out) and
+    raise ``jaxps.JobExit`` (status 3) saying where it is.
+    """
     comm = MPI.COMM_WORLD if comm is None else comm
     rank, size = comm.Get_rank(), comm.Get_size()
     t_start = time.perf_counter()
+    say = print if rank == 0 else (lambda *a, **k: None)
     model = models.get_model(config.model)
+    out = Path(config.out) if config.out else None
+    if out is not None:  # before the dataset: an unusable --out fails in seconds
+        jaxps.run_on_root(lambda: outputs.check_out_dir(out, 0), comm=comm)
     dataset = load(config, comm)
     train = dataset.splits["train"]
-    say = print if rank == 0 else (lambda *a, **k: None)
+    unseen = dataset.unseen_counts()
     say(f"dataset {dataset.name}: {dataset.num_entities} entities, {dataset.num_relations} "
-        f"relations, " + ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items())
+        f"relations, " + ", ".join(
+            f"{k} {len(v)}" + (f" ({unseen[k]} with an entity or relation unseen in train)"
+                               if unseen.get(k) else "") for k, v in dataset.splits.items())
         + (f"; missing: {', '.join(dataset.missing_splits)} (no metrics for them)"
            if dataset.missing_splits else "") + f"; {size} rank(s)", flush=True)
+    tables, optimizers = make_tables(model, dataset, config)
+    widths = {t: spec.dim for t, spec in tables.items()}
+    fingerprint = dataset_fingerprint(dataset)
+    if out is not None:
+        jaxps.run_on_root(lambda: outputs.check_out_dir(out, _out_bytes(tables, widths)),
+                          comm=comm)
+    resume_from, manifest, notes = None, None, []
+    if out is not None:
+        def find():
+            path = find_checkpoint(config)
+            if path is None:
+                return None, None, []
+            m = jaxps.read_manifest(path)
+            return path, m, check_compatible(m, config, fingerprint, path)
+        resume_from, manifest, notes = jaxps.run_on_root(find, comm=comm)
+        if config.resume and resume_from is None:
+            say(f"--resume auto: no checkpoint in {checkpoint_root(config)}; starting afresh")
     filter_index = build_filter(*dataset.splits.values(), num_entities=dataset.num_entities,
                                 num_relations=dataset.num_relations)
     valid = capped(dataset.splits["valid"], config) if "valid" in dataset.splits else None
     test = capped(dataset.splits["test"], config) if "test" in dataset.splits else None
-    out = Path(config.out) if config.out else None
-    if out is not None and rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    tables, optimizers = make_tables(model, dataset, config)
-    widths = {t: spec.dim for t, spec in tables.items()}
     scorers = scorers_for(model, config)
     history: list[dict] = []
     train_stats: dict = {}
-    with ParameterServer(tables, technique=technique_for(config, dataset), comm=comm) as ps:
-        first = load_checkpoint(ps, out, comm) + 1 if config.resume else 1
-        if out is not None and rank == 0 and first > 1 and (out / "metrics.jsonl").is_file():
-            lines = (out / "metrics.jsonl").read_text().splitlines()
-            history = [m for m in map(json.loads, lines) if m["epoch"] < first]
-        trainer = SparseTrainer(ps, make_loss(model, config), optimizers,
-                                lookahead=config.lookahead, max_keys=max_keys(config, dataset))
-        example = next(epoch_batches(train, dataset.num_entities, config, 1, rank, size,
-                                     num_relations=dataset.num_relations), None)
-        if example is not None:  # compiled here, so that no epoch stalls for it
-            trainer.compile(example)
-        for epoch in range(first, config.epochs + 1):
-            m = _train_epoch(trainer, train, dataset, config, epoch, rank, size)
-            # mpi4py's pickle-based reductions (comm.allreduce of Python objects) hold the
-            # GIL while they wait, so this rank's PS thread cannot serve its peers: reduce
-            # only once no rank needs PS service any more (see README, "Known limits").
-            ps.barrier()
-            stats = _global_stats(m.ps, comm)
-            for k, v in stats.items():
-                if k != "local_fraction":
-                    train_stats[k] = train_stats.get(k, 0) + v
-            seconds = comm.allreduce(m.seconds, op=MPI.MAX)
-            record = {"epoch": epoch, "loss": comm.allreduce(m.loss * m.examples) /
-                      max(comm.allreduce(m.examples), 1),
-                      "examples": comm.allreduce(m.examples), "seconds": seconds,
-                      "examples_per_s": comm.allreduce(m.examples) / max(seconds, 1e-9),
-                      "compiles": m.compiles, "local_fraction": stats["local_fraction"],
-                      "ps": stats}
-            if valid is not None and config.eval_every and epoch % config.eval_every == 0 \
-                    and epoch != config.epochs:
-                record["valid"] = _short(run_evaluation(ps, scorers, widths, valid,
-                                                        filter_index, config, comm))
-            history.append(record)
-            say(_epoch_line(record, config), flush=True)
-            if out is not None and rank == 0:
-                (out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-            if config.checkpoint_every and epoch % config.checkpoint_every == 0:
-                save_checkpoint(ps, out, epoch, config, comm)
-        final = {}
-        for split, triples in (("valid", valid), ("test", test)):
-            if triples is not None:
-                final[split] = _short(run_evaluation(ps, scorers, widths, triples, filter_index,
-                                                     config, comm))
-        ps.wait_sync()
-        if out is not None and rank == 0:
-            export_embeddings(ps, out, dataset, widths)
-        ps.barrier()
-    pulls = train_stats.get("pull_local", 0) + train_stats.get("pull_remote", 0)
-    train_stats["local_fraction"] = train_stats.get("pull_local", 0) / pulls if pulls else 1.0
-    summary = {"valid": final.get("valid"), "test": final.get("test"),
-               "epochs": config.epochs, "seconds": time.perf_counter() - t_start,
-               "ps": train_stats, "ranks": size, "dataset": dataset.name,
-               "unseen": {s: count_unseen(t, train) for s, t in dataset.splits.items()
-                          if s != "train"},
-               "config": dataclasses.asdict(config)}
-    if history:
-        summary["last_epoch"] = {k: history[-1][k] for k in ("loss", "examples_per_s", "compiles")}
-    if rank == 0:
-        say(_results_table(summary), flush=True)
-        if out is not None:
-            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    prior_seconds, first, start = 0.0, 1, 0
+    interrupted, summary = None, None
+    stop = StopRequest(comm)
+    stop.install()
+    try:
+        with ParameterServer(tables, technique=technique_for(config, dataset), comm=comm,
+                             **_ps_options(config)) as ps:
+            if resume_from is not None:
+                manifest = jaxps.load_checkpoint(ps, resume_from, comm=comm)
+                meta = manifest["meta"]
+                history = [h for h in meta["history"] if h["epoch"] <= meta["epoch"]]
+                prior_seconds = float(meta.get("seconds", 0.0))
+                first, start = meta["epoch"] + 1, int(meta.get("position", 0))
+                say(describe(manifest, resume_from), flush=True)
+                for note in notes:
+                    say(f"note: differs from the checkpoint: {note}", flush=True)
+                if out is not None and rank == 0:
+                    outputs.write_jsonl(out / "metrics.jsonl", history)
+            trainer = SparseTrainer(ps, make_loss(model, config), optimizers,
+                                    lookahead=config.lookahead,
+                                    max_keys=max_keys(config, dataset))
+            example = next(epoch_batches(train, dataset.num_entities, config, first, rank,
+                                         size, num_relations=dataset.num_relations), None)
+            if example is not None:  # compiled here, so that no epoch stalls for it
+                trainer.compile(example)
+            elapsed = lambda: prior_seconds + time.perf_counter() - t_start
+            for epoch in range(first, config.epochs + 1):
+                stopped: list = []
+                m = _train_epoch(trainer, train, dataset, config, epoch, rank, size,
+                                 start=start, stop=stop, stopped=stopped)
+                # mpi4py's pickle-based reductions (comm.allreduce of Python objects) hold
+                # the GIL while they wait, so this rank's PS thread cannot serve its peers:
+                # reduce only once no rank needs PS service any more (see README).
+                ps.barrier()
+                stats = _global_stats(m.ps, comm)
+                for k, v in stats.items():
+                    if k != "local_fraction":
+                        train_stats[k] = train_stats.get(k, 0) + v
+                seconds = comm.allreduce(m.seconds, op=MPI.MAX)
+                examples = comm.allreduce(m.examples)
+                record = {"epoch": epoch, "loss": comm.allreduce(m.loss * m.examples) /
+                          max(examples, 1), "examples": examples, "seconds": seconds,
+                          "examples_per_s": examples / max(seconds, 1e-9),
+                          "compiles": m.compiles, "local_fraction": stats["local_fraction"],
+                          "ps": stats}
+                if start:
+                    record["from_position"] = start
+                if stopped:
+                    position = min(start + stopped[0] * config.batch_size * size, len(train))
+                    record["to_position"] = position
+                    # Not in the checkpoint's history: the resumed run writes the epoch's line.
+                    interrupted = _interrupt(ps, config, comm, stop, epoch - 1, position,
+                                             len(train), history, elapsed(), fingerprint, out)
+                    break
+                start = 0
+                if valid is not None and config.eval_every and epoch % config.eval_every == 0 \
+                        and epoch != config.epochs:
+                    record["valid"] = _short(run_evaluation(ps, scorers, widths, valid,
+                                                            filter_index, config, comm))
+                history.append(record)
+                say(_epoch_line(record, config), flush=True)
+                if out is not None and rank == 0:
+                    outputs.write_jsonl(out / "metrics.jsonl", history)
+                if config.checkpoint_every and epoch % config.checkpoint_every == 0:
+                    save_checkpoint(ps, config, comm, epoch=epoch, position=0,
+                                    num_train=len(train), history=history, seconds=elapsed(),
+                                    fingerprint=fingerprint)
+                if epoch < config.epochs and stop.agreed():
+                    interrupted = _interrupt(ps, config, comm, stop, epoch, 0, len(train),
+                                             history, elapsed(), fingerprint, out)
+                    break
+            if interrupted is None:
+                summary = _finish(ps, config, comm, dataset, scorers, widths, valid, test,
+                                  filter_index, history, train_stats, unseen, resume_from,
+                                  elapsed, t_start, out)
+    finally:
+        stop.uninstall()
+    if interrupted is not None:
+        # Outside the PS block: every rank raises it together, so nothing needs aborting.
+        raise jaxps.JobExit(3, interrupted)
     return summary
 
 
-def _train_epoch(trainer, train, dataset, config, epoch, rank, size):
+def _finish(ps, config, comm, dataset, scorers, widths, valid, test, filter_index, history,
+            train_stats, unseen, resume_from, elapsed, t_start, out) -> dict:
+    """Final evaluation, the results table, then summary.json and the exports (rank 0)."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    say = print if rank == 0 else (lambda *a, **k: None)
+    final = {}
+    for split, triples in (("valid", valid), ("test", test)):
+        if triples is not None:
+            final[split] = _short(run_evaluation(ps, scorers, widths, triples,
+                                                 filter_index, config, comm))
+    pulls = train_stats.get("pull_local", 0) + train_stats.get("pull_remote", 0)
+    train_stats["local_fraction"] = (train_stats.get("pull_local", 0) / pulls
+                                     if pulls else 1.0)
+    summary = {"valid": final.get("valid"), "test": final.get("test"),
+               "epochs": config.epochs, "seconds": elapsed(),
+               "seconds_this_run": time.perf_counter() - t_start,
+               "resumed_from": str(resume_from) if resume_from else None,
+               "ps": train_stats, "ranks": size, "dataset": dataset.name,
+               "unseen": unseen, "config": dataclasses.asdict(config)}
+    if history:
+        summary["last_epoch"] = {k: history[-1][k]
+                                 for k in ("loss", "examples_per_s", "compiles")}
+    # The results first: a failing export (disk full) must not lose them.
+    say(_results_table(summary), flush=True)
+    ps.wait_sync()
+    if out is not None and rank == 0:
+        outputs.write_json(out / "summary.json", summary)
+        summary["exports"] = export_embeddings(ps, out, dataset, widths)
+        outputs.write_json(out / "summary.json", summary)
+    ps.barrier()
+    return summary
+
+
+def _ps_options(config: KgeConfig) -> dict:
+    """Keyword arguments of ParameterServer from the config; --peer-timeout only when set
+    (and only with a jaxps whose ParameterServer takes it)."""
+    if not config.peer_timeout:
+        return {}
+    if "peer_timeout" not in inspect.signature(ParameterServer).parameters:
+        raise ValueError("--peer-timeout: this jaxps' ParameterServer has no peer watchdog "
+                         "(no peer_timeout argument); drop the option")
+    return {"peer_timeout": config.peer_timeout}
+
+
+def _interrupt(ps, config, comm, stop, epoch, position, num_train, history, seconds,
+               fingerprint, out) -> None:
+    """Collective after a stop request: write a checkpoint (with --out); returns the message."""
+    where = f"epoch {epoch}" + (f" + {position} of {num_train} triples of epoch {epoch + 1}"
+                                if position else "")
+    if out is None:
+        return f"interrupted after {where}; no checkpoint written (pass --out DIR to get one)"
+    path = save_checkpoint(ps, config, comm, epoch=epoch, position=position,
+                           num_train=num_train, history=history, seconds=seconds,
+                           fingerprint=fingerprint)
+    if comm.Get_rank() == 0:
+        outputs.write_jsonl(out / "metrics.jsonl", history)
+    return (f"interrupted ({stop.signal_name or 'signal on another rank'}) after {where}: "
+            f"checkpoint written to {path}; continue with --resume")
+
+
+def _train_epoch(trainer, train, dataset, config, epoch, rank, size, *, start=0, stop=None,
+                 stopped=None):
     bar = None
     if rank == 0 and config.progress:
         from tqdm import tqdm
-        bar = tqdm(total=num_batches(len(train), config, rank, size), desc=f"epoch {epoch}",
-                   unit="batch", leave=False, mininterval=0.5)
+        bar = tqdm(total=num_batches(len(train), config, rank, size, start),
+                   desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=0.5)
     try:
         pool = ((lambda: trainer.ps.owned_keys("entity"))
                 if config.sampling == "local" and size > 1 else None)
+        batches = epoch_batches(train, dataset.num_entities, config, epoch, rank, size, pool,
+                                num_relations=dataset.num_relations, start=start)
+        if stop is not None:
+            common = num_batches(len(train), config, size - 1, size, start)
+            batches = stop.batches(batches, common, stopped)
         return trainer.train_epoch(
-            epoch_batches(train, dataset.num_entities, config, epoch, rank, size, pool,
-                          num_relations=dataset.num_relations),
+            batches,
             on_batch=None if bar is None else (lambda n, loss: bar.update(1)))
     finally:
         if bar is not None:
