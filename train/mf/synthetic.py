@@ -61,15 +61,19 @@ def generate(rows: int, cols: int, cells: int, *, skew: float = 1.1, rank: int =
     """``cells`` distinct cells in random order with their ratings (see module docstring)."""
     rng = np.random.default_rng([seed, 11])
     weights = 1.0 / np.arange(1, cols + 1, dtype=np.float64) ** skew
-    cdf = np.cumsum(weights / weights.sum())
+    counts = _column_counts(rng, weights / weights.sum(), cells, cap=max(1, rows // 2))
     item_of_rank = rng.permutation(cols)
-    keys = np.zeros(0, np.int64)
-    while len(keys) < cells:  # redraw duplicates; hot columns saturate, so top up in rounds
-        want = int((cells - len(keys)) * 1.1) + 16
-        u = rng.integers(0, rows, want, dtype=np.int64)
-        i = item_of_rank[np.minimum(np.searchsorted(cdf, rng.random(want)), cols - 1)]
-        keys = np.unique(np.concatenate([keys, u * cols + i]))
-    keys = keys[rng.permutation(len(keys))[:cells]]
+    chunks, want = [], counts
+    while want.sum():  # redraw the duplicates of each column (each <= rows/2: few rounds)
+        items = np.repeat(item_of_rank, want)
+        fresh = np.unique(rng.integers(0, rows, len(items), dtype=np.int64) * cols + items)
+        for chunk in chunks:  # each chunk is sorted: membership by binary search
+            at = np.minimum(np.searchsorted(chunk, fresh), len(chunk) - 1)
+            fresh = fresh[chunk[at] != fresh]
+        chunks.append(fresh)
+        want = want - np.bincount(fresh % cols, minlength=cols)[item_of_rank]
+    keys = np.concatenate(chunks)
+    keys = keys[rng.permutation(len(keys))]
     users, items = keys // cols, keys % cols
     scale = rank ** -0.25
     x = (rng.standard_normal((rows, rank), dtype=np.float32) * scale)
@@ -82,6 +86,19 @@ def generate(rows: int, cols: int, cells: int, *, skew: float = 1.1, rank: int =
         ratings[s:s + _CHUNK] = (3.0 + a[uu] + c[ii] + np.einsum("ij,ij->i", x[uu], y[ii])
                                  + noise * rng.standard_normal(len(uu), dtype=np.float32))
     return Ratings(users, items, ratings)
+
+
+def _column_counts(rng, p: np.ndarray, cells: int, *, cap: int) -> np.ndarray:
+    """Cells per column (by popularity rank): multinomial(cells, p), no column above ``cap``
+    (the excess goes to the others in proportion to p, as long as they have room)."""
+    if cells > cap * len(p):
+        raise DataError(f"synthetic: {cells} cells do not fit {len(p)} columns of at most {cap}")
+    counts = rng.multinomial(cells, p)
+    while (excess := int(np.maximum(counts - cap, 0).sum())):
+        counts = np.minimum(counts, cap)
+        room = np.where(counts < cap, p, 0.0)
+        counts += rng.multinomial(excess, room / room.sum())
+    return counts
 
 
 def load_synthetic(spec: str, fractions, *, comm=None) -> "RatingsDataset":  # noqa: F821
