@@ -70,9 +70,9 @@ class MfConfig:
                              "clipped to it; empty: the range of the training ratings")
     dim: int = _opt(100, "factors per user and item (each row also holds a bias)")
     epochs: int = _opt(40, "passes over the training ratings")
-    batch_size: int = _opt(256, "ratings per batch (per rank)")
+    batch_size: int = _opt(1024, "ratings per batch (per rank)")
     lr: float = _opt(0.05, "learning rate")
-    reg: float = _opt(0.05, "L2 weight, paid per occurrence of a row in a rating (Surprise's "
+    reg: float = _opt(0.1, "L2 weight, paid per occurrence of a row in a rating (Surprise's "
                       "reg_all)")
     optimizer: str = _opt("adagrad", "row optimizer (its state lives in the PS rows); "
                           "rowwise-adagrad keeps one accumulator per row (half the row "

@@ -70,7 +70,8 @@ def generate(rows: int, cols: int, cells: int, *, skew: float = 1.1, rank: int =
         for chunk in chunks:  # each chunk is sorted: membership by binary search
             at = np.minimum(np.searchsorted(chunk, fresh), len(chunk) - 1)
             fresh = fresh[chunk[at] != fresh]
-        chunks.append(fresh)
+        if len(fresh):
+            chunks.append(fresh)
         want = want - np.bincount(fresh % cols, minlength=cols)[item_of_rank]
     keys = np.concatenate(chunks)
     keys = keys[rng.permutation(len(keys))]
