@@ -31,6 +31,7 @@ from train.mf.optim import make_optimizer
 from train.mf.synthetic import load_synthetic
 
 TABLES = ("user", "item")
+_GAUGES = ("local_fraction", "max_staleness", "replicas")  # ps.stats() values that are no counters
 
 
 # ----- data ----------------------------------------------------------------------------------
@@ -155,7 +156,8 @@ def train_epoch(trainer: SparseTrainer, sub_epochs: list, dataset, config, bar=N
     """
     ps, train = trainer.ps, dataset.splits["train"]
     t0 = time.perf_counter()
-    loss_sum, examples, batches, compiles, ps_stats = 0.0, 0, 0, trainer.compiles, {}
+    before = ps.stats()  # around everything: localize's moves and waits count too
+    loss_sum, examples, batches, compiles = 0.0, 0, 0, trainer.compiles
     for sub in sub_epochs:
         if sub.localize is not None:
             ps.barrier()  # the previous column block is finished on every rank
@@ -169,9 +171,9 @@ def train_epoch(trainer: SparseTrainer, sub_epochs: list, dataset, config, bar=N
         examples += m.examples
         batches += m.batches
         compiles = m.compiles
-        for k, v in m.ps.items():
-            if k != "local_fraction":
-                ps_stats[k] = ps_stats.get(k, 0) + v
+    after = ps.stats()
+    ps_stats = {k: v - before.get(k, 0) for k, v in after.items()
+                if isinstance(v, (int, float)) and k not in _GAUGES}
     return {"loss_sum": loss_sum, "examples": examples, "batches": batches,
             "compiles": compiles, "ps": ps_stats, "seconds": time.perf_counter() - t0}
 
