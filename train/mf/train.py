@@ -31,6 +31,15 @@ from train.mf.optim import make_optimizer
 from train.mf.synthetic import load_synthetic
 
 TABLES = ("user", "item")
+_COMPILE_SECONDS = [0.0]  # JAX's tracing, lowering and XLA compile time in this process
+
+
+def _on_jax_event(event: str, duration: float, **kwargs) -> None:
+    if event.startswith("/jax/core/compile/"):
+        _COMPILE_SECONDS[0] += duration
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_jax_event)
 _GAUGES = ("local_fraction", "max_staleness", "replicas")  # ps.stats() values that are no counters
 
 
@@ -202,7 +211,7 @@ def run(config: MfConfig, comm: MPI.Comm | None = None) -> dict:
                "comm": comm}
     history: list[dict] = []
     train_stats: dict = {}
-    train_seconds = 0.0
+    train_seconds, compile0 = 0.0, _COMPILE_SECONDS[0]
     with ParameterServer(tables, technique=technique_for(config, dataset), comm=comm) as ps:
         first = load_checkpoint(ps, out, comm) + 1 if config.resume else 1
         if out is not None and rank == 0 and first > 1 and (out / "metrics.jsonl").is_file():
@@ -256,7 +265,9 @@ def run(config: MfConfig, comm: MPI.Comm | None = None) -> dict:
     train_stats["local_fraction"] = train_stats.get("pull_local", 0) / pulls if pulls else 1.0
     summary = {"valid": final.get("valid"), "test": final.get("test"),
                "epochs": config.epochs, "seconds": time.perf_counter() - t_start,
-               "train_seconds": train_seconds, "ps": train_stats, "ranks": size,
+               "train_seconds": train_seconds,
+               "compile_seconds": comm.allreduce(_COMPILE_SECONDS[0] - compile0, op=MPI.MAX),
+               "ps": train_stats, "ranks": size,
                "dataset": dataset.name, "num_users": dataset.num_users,
                "num_items": dataset.num_items,
                "num_ratings": {s: len(r) for s, r in dataset.splits.items()},
