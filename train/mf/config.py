@@ -69,7 +69,7 @@ class MfConfig:
     rating_range: str = _opt("", "LOW,HIGH: ratings outside are an error, predictions are "
                              "clipped to it; empty: the range of the training ratings")
     dim: int = _opt(100, "factors per user and item (each row also holds a bias)")
-    epochs: int = _opt(40, "passes over the training ratings")
+    epochs: int = _opt(10, "passes over the training ratings")
     batch_size: int = _opt(1024, "ratings per batch (per rank)")
     lr: float = _opt(0.05, "learning rate")
     reg: float = _opt(0.1, "L2 weight, paid per occurrence of a row in a rating (Surprise's "
@@ -77,8 +77,8 @@ class MfConfig:
     optimizer: str = _opt("adagrad", "row optimizer (its state lives in the PS rows); "
                           "rowwise-adagrad keeps one accumulator per row (half the row "
                           "width of adagrad: faster at large dim)", OPTIMIZERS)
-    init_scale: float = _opt(0.1, "standard deviation of the normal initial factors "
-                             "(biases start at 0)")
+    init_scale: float = _opt(0.01, "standard deviation of the normal initial factors and "
+                             "biases")
     schedule: str = _opt("shuffled", "shuffled: cells in random order, split over ranks; "
                          "columns: users partitioned over ranks, columns visited in order "
                          "(each rank from its own offset), intents hide the latency; dsgd: "
