@@ -69,8 +69,8 @@ class MfConfig:
     rating_range: str = _opt("", "LOW,HIGH: ratings outside are an error, predictions are "
                              "clipped to it; empty: the range of the training ratings")
     dim: int = _opt(100, "factors per user and item (each row also holds a bias)")
-    epochs: int = _opt(10, "passes over the training ratings")
-    batch_size: int = _opt(1024, "ratings per batch (per rank)")
+    epochs: int = _opt(9, "passes over the training ratings")
+    batch_size: int = _opt(256, "ratings per batch (per rank)")
     lr: float = _opt(0.05, "learning rate")
     reg: float = _opt(0.1, "L2 weight, paid per occurrence of a row in a rating (Surprise's "
                       "reg_all)")
