@@ -1,7 +1,7 @@
 """``python -m train.plot DIR``: PNG plots of a training run's metrics.
 
-KGE runs (train/kge/plot.py) and MF runs (train/mf/plot.py, recognized by RMSE in their
-metrics) write the same kind of files.
+KGE runs (train/kge/plot.py) and MF runs (train/mf/plot.py, recognized by the ``"task":
+"mf"`` of their metrics records) write the same kind of files.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def plot(folder: str | Path) -> list[Path]:
     metrics = Path(folder) / "metrics.jsonl"
     text = summary.read_text() if summary.is_file() else ""
     first = metrics.read_text().split("\n", 1)[0] if metrics.is_file() else ""
-    if '"rmse"' in text or '"rmse"' in first or '"schedule"' in text:
+    if '"task": "mf"' in first or '"schedule"' in text:  # MF records / MfConfig in the summary
         from train.mf.plot import plot as mf_plot
         return mf_plot(folder)
     from train.kge.plot import plot as kge_plot

@@ -38,8 +38,9 @@ def evaluate(ps, split: Ratings, *, mean: float, rating_range: tuple[float, floa
              width: int, comm: MPI.Comm) -> dict:
     """``{"rmse", "mae", "num_ratings"}`` of ``split``; collective over ``comm``.
 
-    Preconditions: every rank's updates are visible (``ps.wait_sync()`` before). Ends with
-    a PS barrier, so no rank trains on while another still pulls the rows it evaluates.
+    Preconditions: every rank's updates are visible (``ps.wait_sync()`` before). A PS
+    barrier follows the pulls, so no rank trains on (or blocks in the MPI gather, where it
+    could not serve its peers) while another still pulls the rows it evaluates.
     """
     rank, size = comm.Get_rank(), comm.Get_size()
     bounds = np.linspace(0, len(split), size + 1).astype(np.int64)

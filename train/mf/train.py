@@ -239,7 +239,7 @@ def run(config: MfConfig, comm: MPI.Comm | None = None) -> dict:
             seconds = comm.allreduce(m["seconds"], op=MPI.MAX)
             train_seconds += seconds
             examples = comm.allreduce(m["examples"])
-            record = {"epoch": epoch, "loss": comm.allreduce(m["loss_sum"]) / max(examples, 1),
+            record = {"task": "mf", "epoch": epoch, "loss": comm.allreduce(m["loss_sum"]) / max(examples, 1),
                       "examples": examples, "seconds": seconds,
                       "examples_per_s": examples / max(seconds, 1e-9),
                       "compiles": m["compiles"], "local_fraction": stats["local_fraction"],
