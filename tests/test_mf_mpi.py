@@ -49,3 +49,15 @@ def test_columns_local_with_intents(tmp_path):
     """Latency hiding: intents one batch ahead move the columns in time."""
     summary = _train(tmp_path, "columns", "adaptive", 1)
     assert summary["ps"]["local_fraction"] >= 0.97 and summary["ps"]["relocations"] > 0
+
+
+def test_bad_line_stops_every_rank(tmp_path):
+    """A malformed line: each rank reports file:line and the job ends (no hang)."""
+    bad = tmp_path / "ratings.txt"
+    bad.write_text("1\t2\t5\n2\t3\n")
+    res = mpirun(2, ["-m", "train.mf", "--train", str(bad), "--out", str(tmp_path / "out"),
+                     "--no-progress"], timeout=60)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert out.count(f"{bad}:2: expected 3 or 4 fields") >= 2, out[-3000:]
+    assert not (tmp_path / "out").exists()
