@@ -8,7 +8,9 @@ only see this interface, so a new workload is one ``register(Workload(...))`` ca
 Registered here: ``kge-zipf`` (a generated Zipf-skewed graph of 1M entities),
 ``kge-zipf-small`` (the same generator at 30k entities, for ``--quick``), ``fb15k-237``
 (needs ``--data-root`` holding a ``fb15k-237/`` folder) and ``kge`` (``python -m
-train.kge``'s defaults, for parameters such as ``kge:data=umls,dim=64``). A workload name
+train.kge``'s defaults, for parameters such as ``kge:data=umls,dim=64``), and the MF
+workloads ``mf-zipf`` / ``mf-zipf-small`` (synthetic Zipf(1.1) ratings, ``train/mf``'s
+pieces; parameters are ``MfConfig`` fields such as ``mf-zipf:schedule=columns``). A workload name
 may carry parameters, ``NAME:key=value,...``, which override its settings. All train ComplEx with the KGE
 trainer's own pieces (``train/kge/train.py``: ``load``, ``epoch_batches``, ``make_loss``,
 ``make_tables``; the NuPS heuristic of ``technique_for``).
@@ -214,3 +216,73 @@ register(kge_workload(
 register(kge_workload(
     "kge", "any KGE run: python -m train.kge's defaults (a generated 2,000-entity graph), "
     "changed by parameters, e.g. kge:data=umls,dim=64 (names as KgeConfig's fields)", {}))
+
+
+# ----- MF workloads --------------------------------------------------------------------------
+def _mf_config(overrides: dict, options: BenchOptions):
+    """The workload's MfConfig: its overrides, then the ``name:key=value`` parameters."""
+    from train.mf.config import MfConfig
+    types = {f.name: f.type for f in dataclasses.fields(MfConfig)}
+    params = {}
+    for key, value in options.params:
+        if key not in types:
+            raise ValueError(f"unknown MF workload parameter {key!r}; valid: "
+                             f"{', '.join(sorted(types))}")
+        kind = {"int": int, "float": float, "str": str, "bool": _truth}[str(types[key])]
+        params[key] = kind(value)
+    config = MfConfig(**{"progress": False, "seed": options.seed, **overrides, **params})
+    if config.schedule == "dsgd":
+        raise ValueError("MF workload: schedule dsgd needs the sub-epoch barriers of "
+                         "`python -m train.mf`; the benchmark runs shuffled or columns")
+    return config
+
+
+def mf_workload(name: str, help: str, config: dict) -> Workload:
+    """An MF workload (``python -m train.mf``'s pieces) from ``MfConfig`` overrides."""
+
+    def prepare(options: BenchOptions) -> None:
+        from mpi4py import MPI
+
+        from train.mf.train import load
+        load(_mf_config(config, options), MPI.COMM_SELF)
+
+    def build(options: BenchOptions, comm) -> Problem:
+        from train.mf import schedules
+        from train.mf.train import load, make_loss, make_tables
+
+        cfg = _mf_config(config, options)
+        dataset = load(cfg, comm)
+        train = dataset.splits["train"]
+        tables, optimizers = make_tables(dataset, cfg)
+
+        def batches(rank: int, size: int, owned_keys=None):
+            plan = schedules.Schedule(train, dataset.num_users, dataset.num_items,
+                                      cfg.schedule, rank=rank, size=size, seed=cfg.seed)
+            for epoch in itertools.count(1):
+                for sub in plan.epoch(epoch):
+                    yield from schedules.batches(train, sub.cells, cfg.batch_size,
+                                                 dataset.num_users, dataset.num_items)
+
+        def hot_keys(scale: float) -> dict:  # NuPS: the most frequent items replicated
+            counts = np.bincount(train.items, minlength=dataset.num_items)
+            n_hot = min(dataset.num_items, max(1, round(scale * (dataset.num_items // 100))))
+            return {"item": np.sort(np.argsort(-counts, kind="stable")[:n_hot])}
+
+        info = {"dataset": dataset.name, "users": dataset.num_users, "items": dataset.num_items,
+                "train_ratings": len(train), "dim": cfg.dim, "batch_size": cfg.batch_size,
+                "schedule": cfg.schedule, "optimizer": cfg.optimizer, "lr": cfg.lr}
+        return Problem(tables, optimizers, make_loss(dataset.mean, cfg.reg), batches,
+                       hot_keys, info)
+
+    return Workload(name, help, lambda options: None, prepare, build)
+
+
+register(mf_workload(
+    "mf-zipf", "synthetic ratings, 1M users x 100k items, 20M cells, Zipf(1.1) columns; "
+    "biased MF dim 32, batch 8192, shuffled (parameters e.g. mf-zipf:schedule=columns)",
+    {"data": "synthetic:rows=1000000,cols=100000,cells=20000000", "dim": 32,
+     "batch_size": 8192}))
+register(mf_workload(
+    "mf-zipf-small", "synthetic ratings, 50k users x 10k items, 1M cells, Zipf(1.1) columns; "
+    "biased MF dim 32, batch 2048, shuffled",
+    {"data": "synthetic:rows=50000,cols=10000,cells=1000000", "dim": 32, "batch_size": 2048}))

@@ -1,0 +1,1 @@
+"""Matrix factorization on the parameter server: ``python -m train.mf`` (see README)."""
