@@ -70,7 +70,9 @@ def test_replica_dropped_on_intent_expiry_keeps_its_deltas():
             time.sleep(0.005)
             ps.push("e", hot, np.ones((len(hot), 2)))
             ps.advance_clock()
-        for _ in range(5):  # intents run out: replicas are dropped
+        # Intents run out: replicas are dropped after the grace clocks, at the next
+        # drop round.
+        for _ in range(jaxps.Adaptive().grace + jaxps.Adaptive().drop_every + 1):
             ps.advance_clock()
         ps.barrier()
         stats = ps.stats()
