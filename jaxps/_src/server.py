@@ -100,6 +100,7 @@ class ParameterServer:
             raise InputError(f"peer_timeout must be a number of seconds > 0 or None, got "
                              f"{peer_timeout!r}")
         self._fresh_as_of = {t.index: 0 for t in states}
+        self._sync_started = {t.index: -(1 << 30) for t in states}  # clock of the last round
         self._technique.setup(self)
         if self.size > 1:
             if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
@@ -361,6 +362,11 @@ class ParameterServer:
         Waits for the round in flight when ``force`` is set, or when replicas would
         otherwise be staler than ``staleness_bound`` clocks (staleness = clocks since the
         start of the last completed round); a second pass then waits for a fresh round.
+
+        A new round starts only once the last one started ``staleness_bound`` clocks ago
+        (or staleness reached the bound): a round that completes within a clock keeps
+        replicas within the bound, and each round is a SYNC and a SYNC_REPLY per owner
+        and table (every clock, they were half of the adaptive technique's messages).
         """
         for _ in range(2):
             h = t.sync
@@ -371,7 +377,11 @@ class ParameterServer:
                 if h is not None and h.done():
                     self._fresh_as_of[t.index] = h.started
                     t.sync = None
-                if t.sync is None:
+                stale = self._clock - self._fresh_as_of[t.index]
+                due = (force or stale >= self._staleness_bound
+                       or self._clock - self._sync_started[t.index] >= self._staleness_bound)
+                if t.sync is None and due:
+                    self._sync_started[t.index] = self._clock
                     t.sync = self._engine.start_sync(t)
                     if t.sync is None:  # no replicas of this table: nothing is stale
                         self._fresh_as_of[t.index] = self._clock
