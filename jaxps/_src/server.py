@@ -179,11 +179,13 @@ class ParameterServer:
                 self._stats["pull_local"] += len(keys)
                 np.take(t.store.values, slots, axis=0, out=out, mode="clip")
                 return completed("pull", t.name, out)
-            out[local] = t.store.values[slots[local]]
+            # Integer positions, not boolean masks: each mask indexing of rows is a copy.
+            own, other = np.flatnonzero(local), np.flatnonzero(~local)
+            out[own] = t.store.values[slots[own]]
             if t.replicas is not None:  # owned or ready replicas only: answer here
-                rslots = t.replicas.slot[keys[~local]]
+                rslots = t.replicas.slot[keys[other]]
                 if (rslots >= 0).all():
-                    out[~local] = t.replicas.value(rslots)
+                    out[other] = t.replicas.value(rslots)
                     self._stats["pull_local"] += len(keys)
                     return completed("pull", t.name, out)
             self._count_local("pull", t, keys, local)
@@ -240,15 +242,16 @@ class ParameterServer:
                     t.store.assign(slots, rows)
                 self._stats["push_local"] += len(keys)
                 return completed(kind, t.name)
+            own, other = np.flatnonzero(local), np.flatnonzero(~local)
             if t.replicas is not None:  # owned or ready replicas only: apply here
-                rslots = t.replicas.slot[keys[~local]]
+                rslots = t.replicas.slot[keys[other]]
                 if (rslots >= 0).all():
                     if tag is Tag.PUSH:
-                        t.store.add(slots[local], rows[local])
-                        t.replicas.add(rslots, rows[~local])
+                        t.store.add(slots[own], rows[own])
+                        t.replicas.add(rslots, rows[other])
                     else:
-                        t.store.assign(slots[local], rows[local])
-                        t.replicas.assign(rslots, rows[~local])
+                        t.store.assign(slots[own], rows[own])
+                        t.replicas.assign(rslots, rows[other])
                     self._stats["push_local"] += len(keys)
                     return completed(kind, t.name)
             if tag is Tag.PUSH:

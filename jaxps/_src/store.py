@@ -62,11 +62,13 @@ class RowStore:
 
     def add(self, slots: np.ndarray, deltas: np.ndarray) -> None:
         """values[slots] += deltas. Precondition: slots unique (the server aggregates duplicates)."""
+        slots = slots.astype(np.intp)  # numpy's own int32 -> intp conversion costs more
         self.values[slots] += deltas
         self.writes[slots] += 1
 
     def assign(self, slots: np.ndarray, rows: np.ndarray) -> None:
         """values[slots] = rows. Precondition: slots unique."""
+        slots = slots.astype(np.intp)
         self.values[slots] = rows
         self.writes[slots] += 1
 
@@ -168,12 +170,17 @@ class ReplicaStore:
         replicated are skipped."""
         slots = self._rows.slot[keys]
         ok = slots >= 0
-        slots, fresh = slots[ok], fresh[ok]
-        rows = self._rows.values[slots]
-        rows[:, :self.width] += fresh - rows[:, self.width:]
-        rows[:, self.width:] = fresh
-        self._rows.values[slots] = rows
-        self._stamp[slots] = stamps[ok]
+        if not ok.all():
+            slots, fresh, stamps = slots[ok], fresh[ok], stamps[ok]
+        slots = slots.astype(np.intp)
+        values = self._rows.values
+        # value = fresh + (value - base): exact when there were no local writes (the
+        # order of ``value += fresh - base`` rounded), then base = fresh.
+        local = values[slots, :self.width] - values[slots, self.width:]
+        local += fresh
+        values[slots, :self.width] = local
+        values[slots, self.width:] = fresh
+        self._stamp[slots] = stamps
 
     def remove(self, keys: np.ndarray) -> np.ndarray:
         """Drop ready replicas; returns their unsynced local updates ``value - base``."""
