@@ -295,7 +295,9 @@ def _ps_rank(problem, spec: dict, comm) -> dict:
         trainer = jaxps.SparseTrainer(ps, problem.loss_fn, problem.optimizers,
                                       lookahead=spec["lookahead"], max_keys=problem.max_keys)
         source = problem.batches(comm.Get_rank(), comm.Get_size(), ps.owned_keys)
-        trainer.compile(next(source))  # the one shape (max_keys): nothing compiles later
+        # The one shape (max_keys), from a batch of a fresh source, so that every technique
+        # and the local baseline then train on the same batches.
+        trainer.compile(next(problem.batches(comm.Get_rank(), comm.Get_size())))
         warm_steps = warm_up(lambda b, f: trainer.train_epoch(b, on_batch=f), source,
                              spec["warmup"], lambda: trainer.compiles)
         warm_compiles = trainer.compiles
