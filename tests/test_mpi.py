@@ -53,6 +53,16 @@ def test_stopped_rank_ends_the_job_naming_it():
     assert elapsed < timeout + 10 + 5, f"took {elapsed:.1f} s"  # + start-up of 3 ranks
 
 
+def test_emulated_network_delays_every_round_trip(monkeypatch):
+    """JAXPS_NET_LATENCY_US=20000: a remote pull takes at least two one-way latencies."""
+    monkeypatch.setenv("JAXPS_NET_LATENCY_US", "20000")
+    res = mpirun(2, ["tests/mpi_programs/net_latency.py"], timeout=60)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    ms = [float(x) for x in re.findall(r"remote pull ([0-9.]+) ms", out)]
+    assert len(ms) == 2 and min(ms) >= 40.0 and max(ms) < 400.0, ms
+
+
 def test_idle_ps_uses_little_cpu():
     """An idle 2-rank PS: each rank's process uses < 5% of a core."""
     res = mpirun(2, ["tests/mpi_programs/idle_cpu.py", "3.0"], timeout=60)

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxps
+from jaxps import InputError, ParameterServer, TableSpec
 
 TECHNIQUES = list(jaxps.TECHNIQUES)
 
@@ -201,3 +202,43 @@ def test_message_with_rows_for_the_first_keys_only():
         assert (s.keys[:len(s.rows)] < 12).all() and (s.keys[len(s.rows):] >= 12).all()
         assert (s.rows[:, 0] == s.keys[:len(s.rows)]).all()
         assert (s.pos == s.keys * 100).all()
+
+
+def test_envelope_round_trips_messages_of_different_tables():
+    """An envelope holds messages of tables with different row widths, odd widths too
+    (each message is padded to 8 bytes), and hands them back in order with their tags."""
+    from jaxps._src import protocol
+    from jaxps._src.protocol import H, Tag
+
+    parts = [protocol.pack(0, 1, 0, np.array([3, 4]), np.array([0, 1]),
+                           np.ones((2, 3), np.float32), tag=int(Tag.PUSH)),
+             protocol.pack(1, 2, 0, np.array([9]), np.array([5]), tag=int(Tag.INTENT)),
+             protocol.pack(1, 3, 0, np.array([7, 8]), np.array([2, 3]),
+                           np.full((1, 5), 2.0, np.float32), tag=int(Tag.SYNC))]
+    env = protocol.envelope(parts, 123)
+    assert protocol.envelope_send_ns(env) == 123
+    got = list(protocol.messages(env, [3, 5]))
+    assert [h[H.TAG] for h, _ in got] == [Tag.PUSH, Tag.INTENT, Tag.SYNC]
+    _, keys, _, rows = protocol.unpack(got[2][1], 5)
+    assert keys.tolist() == [7, 8] and rows.tolist() == [[2.0] * 5]
+    _, keys, pos, rows = protocol.unpack(got[0][1], 3)
+    assert keys.tolist() == [3, 4] and rows.shape == (2, 3)
+    assert list(protocol.messages(protocol.envelope([], 0), [3, 5])) == []
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "nan"])
+def test_bad_emulated_network_switch_says_which(monkeypatch, value):
+    from jaxps._src.server import _emulated_network
+
+    monkeypatch.setenv("JAXPS_NET_LATENCY_US", value)
+    with pytest.raises(InputError, match="JAXPS_NET_LATENCY_US"):
+        _emulated_network()
+
+
+def test_adaptive_knobs_are_checked():
+    with pytest.raises(InputError, match="drop_every must be an int >= 1"):
+        jaxps.Adaptive(drop_every=0)
+    with pytest.raises(InputError, match="grace"):
+        jaxps.Adaptive(grace=-1)
+    with pytest.raises(InputError, match="peer_timeout"):
+        ParameterServer({"a": TableSpec(4, 2)}, peer_timeout=0)
