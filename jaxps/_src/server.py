@@ -19,7 +19,7 @@ from .handles import Handle, completed
 from .protocol import Tag
 from .store import TableState
 from .tables import TableSpec
-from .transport import Transport, abort_now
+from .transport import SPIN_S, Transport, abort_now
 
 WAIT_KINDS = ("pull", "push", "set", "localize", "intent", "drop", "sync", "barrier")
 STAT_KEYS = ("pull_local", "pull_remote", "push_local", "push_remote", "bytes_sent",
@@ -108,10 +108,11 @@ class ParameterServer:
                                    "mpi4py.rc.thread_level to a lower level")
             self._abort_on_error = abort_on_error
             latency, bandwidth = _emulated_network()
+            spin = SPIN_S if not _cores_shared(self._comm) else 0.0
             self._engine.transport = Transport(self._comm, self._engine.on_envelope, self._stats,
                                                poll=self._engine.poll, net_latency_s=latency,
                                                net_bandwidth=bandwidth,
-                                               peer_timeout=peer_timeout)
+                                               peer_timeout=peer_timeout, spin_s=spin)
             self._engine.transport.start()
         else:
             self._abort_on_error = False
@@ -534,6 +535,17 @@ def _sum_duplicates(keys: np.ndarray, rows: np.ndarray):
         return keys, rows
     starts = np.flatnonzero(first)
     return sk[starts], np.add.reduceat(rows[order], starts, axis=0)
+
+
+def _cores_shared(comm: MPI.Comm) -> bool:
+    """Collective: do ranks of this host share cores (more ranks than the cores they may
+    run on, e.g. 4 ranks on 2 cores)? Then a waiting rank must not poll (spin)."""
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        cores = node.allgather(sorted(os.sched_getaffinity(0)))
+    finally:
+        node.Free()
+    return len(set().union(*map(set, cores))) < len(cores)
 
 
 def _emulated_network() -> tuple[float, float]:

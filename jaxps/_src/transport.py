@@ -95,6 +95,8 @@ class Transport:
         none).
       peer_timeout: seconds of silence after which a peer is declared gone and the job
         ends (None: never).
+      spin_s: how long a waiting thread polls before it sleeps (0 where ranks share
+        cores: its polls would take the core from a rank that has work).
 
     Thread-safety: ``post`` with the caller's engine lock held; ``progress``, ``barrier``
     and ``quiesce`` from any thread.
@@ -103,7 +105,7 @@ class Transport:
     def __init__(self, comm: MPI.Comm, handle: Callable[[int, np.ndarray], None],
                  stats: dict, poll: Callable[[], None] | None = None, *,
                  net_latency_s: float = 0.0, net_bandwidth: float = 0.0,
-                 peer_timeout: float | None = None):
+                 peer_timeout: float | None = None, spin_s: float = SPIN_S):
         self.comm = comm
         self._poll = poll
         self.rank = comm.Get_rank()
@@ -121,6 +123,7 @@ class Transport:
         self._delayed: collections.deque = collections.deque()  # (due ns, source, buf)
         self._due_from = np.zeros(size, np.int64)     # last delivery time per peer (FIFO)
         self._progress_lock = threading.Lock()
+        self._spin_s = spin_s
         self._peer_timeout = peer_timeout
         now = time.monotonic()
         self._heard = np.full(size, now)        # last envelope from each peer
@@ -239,11 +242,11 @@ class Transport:
         backing off like the service thread."""
         self._drivers += 1
         try:
-            spin_until = time.perf_counter() + SPIN_S
+            spin_until = time.perf_counter() + self._spin_s
             sleep = MIN_SLEEP
             while not done():
                 if self.progress():
-                    spin_until = time.perf_counter() + SPIN_S
+                    spin_until = time.perf_counter() + self._spin_s
                     sleep = MIN_SLEEP
                     continue
                 if time.perf_counter() < spin_until:
