@@ -303,10 +303,11 @@ def remap(parts: Mapping[str, RawRatings], rating_range=None, name: str = "ratin
 def make_dataset(name, user_ids, item_ids, splits, rating_range=None, from_cache=False
                  ) -> RatingsDataset:
     """A RatingsDataset after checking that train (and a present test) is non-empty."""
-    for split in ("train", "test"):
+    for split in SPLITS:
         if split in splits and not len(splits[split]):
             raise DataError(f"{name}: the {split} split is empty; give a file with ratings "
-                            "(or change --split / --valid-fraction)")
+                            "(or change --split / --valid-fraction: a fraction of 0 means "
+                            "no such split)")
     train = splits["train"].ratings
     if rating_range is None:
         rating_range = (float(train.min()), float(train.max()))
@@ -319,8 +320,8 @@ def split_seeded(raw: RawRatings, fractions, seed: int, names=SPLITS) -> dict[st
     perm = np.random.default_rng([seed, 17]).permutation(len(raw.ratings))
     cuts = np.cumsum([round(f * len(perm)) for f in fractions[:-1]])
     out = {}
-    for name, index in zip(names, np.split(perm, cuts)):
-        if name == "train" or len(index):
+    for name, fraction, index in zip(names, fractions, np.split(perm, cuts)):
+        if name == "train" or fraction > 0:  # a split asked for but empty is an error later
             index = np.sort(index)  # keep file order inside a split
             out[name] = RawRatings(*(a[index] for a in raw))
     return out

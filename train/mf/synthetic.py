@@ -126,8 +126,8 @@ def split_dataset(name: str, cells: Ratings, rows: int, cols: int, fractions):
     """Train/valid/test by ``fractions`` of cells already in random order."""
     cuts = np.cumsum([round(f * len(cells)) for f in fractions[:-1]])
     parts = np.split(np.arange(len(cells)), cuts)
-    splits = {s: cells.take(ix) for s, ix in zip(("train", "valid", "test"), parts)
-              if s == "train" or len(ix)}
+    splits = {s: cells.take(ix) for s, f, ix in zip(("train", "valid", "test"), fractions,
+                                                    parts) if s == "train" or f > 0}
     return make_dataset(name, np.arange(rows, dtype=np.int64), np.arange(cols, dtype=np.int64),
                         splits)
 
