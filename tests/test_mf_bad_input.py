@@ -418,3 +418,19 @@ def test_two_hosts_without_shared_folders_train_to_the_end(tmp_path):
     assert summary["ranks"] == 2 and summary["test"]["rmse"] > 0
     for host in ("A", "B"):
         assert list((tmp_path / host / "cache").rglob("*.npz")), host
+
+
+@pytest.mark.parametrize("saved,ranks,schedule,expect", [
+    ({"position": 4096, "sub_epoch": 0, "ranks": 2}, 1, "shuffled", (4096, 0, "")),
+    ({"position": 0, "sub_epoch": 1, "ranks": 2}, 2, "dsgd", (0, 1, "")),
+    ({"position": 0, "sub_epoch": 1, "ranks": 2}, 1, "dsgd", (0, 0, "from its start")),
+    ({"position": 4096, "sub_epoch": 0, "ranks": 2}, 2, "columns", (0, 0, "from its start")),
+    ({"position": 0, "sub_epoch": 0, "ranks": 2}, 3, "dsgd", (0, 0, "")),
+])
+def test_where_a_resumed_epoch_starts(saved, ranks, schedule, expect):
+    from train.mf.resume import start_within
+    old = "dsgd" if saved["sub_epoch"] else "shuffled"
+    meta = {"epoch": 3, **saved, "config": {"schedule": old}}
+    position, sub, note = start_within(meta, parse_args(["--schedule", schedule]), ranks)
+    assert (position, sub) == expect[:2] and expect[2] in note
+    assert bool(note) == bool(expect[2])

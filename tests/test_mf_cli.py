@@ -38,6 +38,7 @@ def test_tiny_run_writes_outputs_and_learns(tmp_path, capsys):
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2, 3, 4, 5, 6]
     assert lines[-1]["loss"] < lines[0]["loss"]
+    assert {m["compiles"] for m in lines} == {1}  # compiled once, before the first epoch
     assert lines[-1]["valid"]["rmse"] < lines[0]["valid"]["rmse"]
     # A mean-only predictor: the std of the test ratings; the model must beat it well.
     assert summary["test"]["rmse"] < 0.8 * 1.05, summary["test"]

@@ -278,10 +278,12 @@ def run(config: MfConfig, comm: MPI.Comm | None = None) -> dict:
                 prior_seconds = float(meta.get("seconds", 0.0))
                 prior_train = float(meta.get("train_seconds", 0.0))
                 first = meta["epoch"] + 1
-                position, first_sub, note = resume.start_within(meta, config, size)
+                position, first_sub, restart = resume.start_within(meta, config, size)
                 say(resume.describe(manifest, resume_from), flush=True)
-                for note in notes + ([note] if note else []):
+                for note in notes:
                     say(f"note: differs from the checkpoint: {note}", flush=True)
+                if restart:
+                    say(f"note: {restart}", flush=True)
                 if rank == 0:
                     outputs.write_jsonl(out / "metrics.jsonl", history)
             trainer = SparseTrainer(ps, make_loss(dataset.mean, config.reg), optimizers,
