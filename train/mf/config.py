@@ -27,7 +27,8 @@ def parse_fractions(text: str, name: str = "split") -> tuple[float, float, float
     except ValueError as e:
         raise ValueError(f"--{name} must be three numbers train,valid,test such as "
                          f"0.9,0.05,0.05, got {text!r}") from e
-    if len(parts) != 3 or not all(map(math.isfinite, parts)) or min(parts) < 0 or abs(sum(parts) - 1) > 1e-6 or parts[0] <= 0:
+    if len(parts) != 3 or not all(map(math.isfinite, parts)) or min(parts) < 0 or \
+            abs(sum(parts) - 1) > 1e-6 or parts[0] <= 0:
         raise ValueError(f"--{name} must be three fractions train,valid,test >= 0 summing to 1 "
                          f"(train > 0), got {text!r}")
     return parts

@@ -101,7 +101,8 @@ def save(ps, config: MfConfig, comm, *, epoch: int, position: int, sub_epoch: in
     size = comm.Get_size()
     meta = {"entrypoint": "train.mf", "epoch": epoch, "position": position,
             "sub_epoch": sub_epoch, "ranks": size, "history": history, "seconds": seconds,
-            "train_seconds": train_seconds, "config": dataclasses.asdict(config), "fingerprint": fingerprint,
+            "train_seconds": train_seconds, "config": dataclasses.asdict(config),
+            "fingerprint": fingerprint,
             "rng": "numpy default_rng([seed, epoch, 3]) orders the epoch (schedules.py); the "
                    "model draws no random numbers"}
     step = epoch * num_train + (position or sub_epoch * num_train // size)

@@ -112,7 +112,8 @@ def load_synthetic(spec: str, fractions) -> "RatingsDataset":  # noqa: F821
     """
     p = parse_spec(spec)
     name = "synthetic-r{rows}-c{cols}-n{cells}-z{skew:g}-k{rank}-e{noise:g}-s{seed}".format(**p)
-    path = user_cache_dir() / "mf-synthetic" / f"{name}-split{'-'.join(f'{f:g}' for f in fractions)}.npz"
+    split_key = "-".join(f"{f:g}" for f in fractions)
+    path = user_cache_dir() / "mf-synthetic" / f"{name}-split{split_key}.npz"
     dataset = read_cache(path)
     if dataset is None:
         cells = generate(p["rows"], p["cols"], p["cells"], skew=p["skew"], rank=p["rank"],

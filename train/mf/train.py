@@ -31,7 +31,7 @@ from models import mf
 from train.common import outputs
 from train.common.interrupt import StopRequest
 from train.common.launch import ps_options
-from train.mf import resume, schedules
+from train.mf import export, resume, schedules
 from train.mf.config import MfConfig, parse_fractions, parse_range
 from train.mf.data import RatingsDataset, load_files, load_single
 from train.mf.evaluate import evaluate
@@ -124,39 +124,6 @@ def max_keys(config: MfConfig, dataset: RatingsDataset) -> dict:
             "item": min(dataset.num_items, config.batch_size)}
 
 
-def _out_bytes(tables: dict, dim: int) -> int:
-    """Disk space a run needs in --out: the exports plus one checkpoint, and a margin."""
-    exports = sum(spec.num_keys * (dim + 1) * 4 for spec in tables.values())
-    checkpoint = sum(spec.num_keys * (spec.width * 4 + 8) for spec in tables.values())
-    return exports + checkpoint + (1 << 20)
-
-
-def export_factors(ps, out: Path, dataset: RatingsDataset, config: MfConfig, *,
-                   chunk: int = 1 << 16) -> list[str]:
-    """Rank 0: {user,item}_factors.npy [n, dim], {user,item}_bias.npy [n], id maps
-    ({user,item}_ids.txt, one original id per line) and model.json (mean, rating range).
-
-    Each file is written atomically, pulled chunk by chunk (no whole-table copy in memory).
-    Returns the names of the files written.
-    """
-    written, d = [], config.dim
-    for table, ids in (("user", dataset.user_ids), ("item", dataset.item_ids)):
-        n = ps.tables[table].num_keys
-        for file, shape, cols in ((f"{table}_factors.npy", (n, d), slice(0, d)),
-                                  (f"{table}_bias.npy", (n,), d)):
-            parts = (ps.pull(table, np.arange(a, min(a + chunk, n)))[:, cols]
-                     for a in range(0, n, chunk))
-            outputs.write_npy(out / file, shape, parts)
-            written.append(file)
-        outputs.write_text(out / f"{table}_ids.txt", "".join(f"{x}\n" for x in ids.tolist()))
-        written.append(f"{table}_ids.txt")
-    outputs.write_json(out / "model.json", {
-        "model": "biased-mf", "mean": dataset.mean, "rating_range": dataset.rating_range,
-        "dim": d, "predict": "mean + user_bias[u] + item_bias[i] + user_factors[u] @ "
-        "item_factors[i], clipped to rating_range"})
-    return written + ["model.json"]
-
-
 # ----- the run -------------------------------------------------------------------------------
 def _global_stats(stats: dict, comm) -> dict:
     """This epoch's PS counters summed over the ranks (which may report different keys)."""
@@ -243,8 +210,8 @@ def run(config: MfConfig, comm: MPI.Comm | None = None) -> dict:
     fingerprint = resume.dataset_fingerprint(dataset) if out is not None else None
     resume_from, manifest, notes = None, None, []
     if out is not None:
-        jaxps.run_on_root(lambda: outputs.check_out_dir(out, _out_bytes(tables, config.dim)),
-                          comm=comm)
+        need = export.out_bytes(tables, config.dim)
+        jaxps.run_on_root(lambda: outputs.check_out_dir(out, need), comm=comm)
 
         def find():
             path = resume.find_checkpoint(config)
@@ -396,7 +363,7 @@ def _finish(ps, config, comm, dataset, scoring, history, train_stats, resume_fro
         print(_results_table(summary), flush=True)
     if out is not None and rank == 0:
         outputs.write_json(out / "summary.json", summary)
-        summary["exports"] = export_factors(ps, out, dataset, config)
+        summary["exports"] = export.export_factors(ps, out, dataset, config)
         outputs.write_json(out / "summary.json", summary)
     ps.barrier()
     return summary
