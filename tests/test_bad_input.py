@@ -22,7 +22,7 @@ from tests.conftest import MPIEXEC, REPO, mpi_env
 from train.kge import synthetic
 from train.kge.config import parse_args
 from train.kge.data import DataError, load_dataset
-from train.kge.outputs import OutputError, check_out_dir
+from train.common.outputs import OutputError, check_out_dir
 from train.kge.resume import ResumeError
 from train.kge.train import run
 

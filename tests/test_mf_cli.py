@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pytest
 
+import jaxps
+from train.common.resume import ResumeError
 from train.mf.__main__ import main
 from train.mf.config import MfConfig, parser
 
@@ -36,6 +38,7 @@ def test_tiny_run_writes_outputs_and_learns(tmp_path, capsys):
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2, 3, 4, 5, 6]
     assert lines[-1]["loss"] < lines[0]["loss"]
+    assert {m["compiles"] for m in lines} == {1}  # compiled once, before the first epoch
     assert lines[-1]["valid"]["rmse"] < lines[0]["valid"]["rmse"]
     # A mean-only predictor: the std of the test ratings; the model must beat it well.
     assert summary["test"]["rmse"] < 0.8 * 1.05, summary["test"]
@@ -57,9 +60,10 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert [m["epoch"] for m in lines] == [1, 2, 3, 4]
     resumed = json.loads((out / "summary.json").read_text())
     assert resumed["test"]["rmse"] < first["test"]["rmse"]
-    with np.load(out / "checkpoint.npz") as ckpt:
-        assert int(ckpt["epoch"]) == 4
-    with pytest.raises(ValueError, match="resume with the same data, --dim"):
+    assert resumed["seconds"] > resumed["seconds_this_run"]
+    newest = jaxps.list_checkpoints(out / "checkpoints")[-1]
+    assert jaxps.read_manifest(newest)["meta"]["epoch"] == 4
+    with pytest.raises(ResumeError, match="--dim: checkpoint 8, this run 4"):
         main([*TINY, "--dim", "4", "--epochs", "5", "--out", str(out), "--resume"])
 
 
@@ -76,7 +80,7 @@ def test_bad_file_writes_nothing(tmp_path):
 def test_option_errors():
     with pytest.raises(SystemExit):
         main(["--data", "x", "--train", "y"])
-    with pytest.raises(ValueError, match="three fractions"):
+    with pytest.raises(ValueError, match="--split must be three fractions"):
         MfConfig(split="0.5,0.5")
     with pytest.raises(ValueError, match="LOW must be < HIGH"):
         MfConfig(rating_range="5,1")

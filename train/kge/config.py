@@ -7,12 +7,11 @@ valid choices; the command line (``python -m train.kge --help``) is generated fr
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import models
 from jaxps import TECHNIQUES
+from train.common.options import check_fields, make_parser, opt, parse_config, resume_value
 
 OPTIMIZERS = ("adagrad", "adam")
 SAMPLINGS = ("uniform", "local")
@@ -23,13 +22,7 @@ REGULARIZERS = ("n3", "l2")
 RESUME_MODES = ("", "latest", "auto")
 
 
-def _opt(default, help: str, choices=None, *, low=None, high=None, low_open=False,
-         high_open=False):
-    """A field with its help text, valid choices, and numeric range [low, high] (``*_open``:
-    the bound itself is excluded); every numeric field must also be finite."""
-    return field(default=default, metadata={"help": help, "choices": choices, "low": low,
-                                            "high": high, "low_open": low_open,
-                                            "high_open": high_open})
+_opt = opt
 
 
 @dataclass(frozen=True)
@@ -98,16 +91,8 @@ class KgeConfig:
     progress: bool = _opt(True, "show a progress bar on rank 0")
 
     def __post_init__(self):
-        if isinstance(self.resume, bool):  # KgeConfig(resume=True) from code: the newest
-            object.__setattr__(self, "resume", "latest" if self.resume else "")
-        for f in dataclasses.fields(self):
-            flag = "--" + f.name.replace("_", "-")
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value not in choices:
-                raise ValueError(f"unknown {f.name} {value!r}; valid: {', '.join(choices)}")
-            if f.type in ("int", "float", int, float):
-                _check_number(flag, value, f.metadata, integer=f.type in ("int", int))
+        object.__setattr__(self, "resume", resume_value(self.resume))
+        check_fields(self)
         model = models.get_model(self.model)
         try:
             model.entity_width(self.dim), model.relation_width(self.dim)
@@ -117,49 +102,12 @@ class KgeConfig:
             raise ValueError("--checkpoint-every and --resume need --out DIR for the checkpoint")
 
 
-def _check_number(flag: str, value, meta: dict, *, integer: bool) -> None:
-    """Raise ValueError unless ``value`` is a finite number within the field's range."""
-    kind = "an integer" if integer else "a finite number"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-            integer and not isinstance(value, int)) or not math.isfinite(value):
-        raise ValueError(f"{flag} must be {kind}, got {value!r}")
-    low, high = meta.get("low"), meta.get("high")
-    bad_low = low is not None and (value <= low if meta.get("low_open") else value < low)
-    bad_high = high is not None and (value >= high if meta.get("high_open") else value > high)
-    if bad_low or bad_high:
-        lo = "" if low is None else ("(" if meta.get("low_open") else "[") + f"{low}"
-        hi = "" if high is None else f"{high}" + (")" if meta.get("high_open") else "]")
-        rng = (f"in {lo}, {hi}" if low is not None and high is not None else
-               f"{'>' if meta.get('low_open') else '>='} {low}" if low is not None else
-               f"{'<' if meta.get('high_open') else '<='} {high}")
-        raise ValueError(f"{flag} must be {rng}, got {value!r}")
-
-
 def parser() -> argparse.ArgumentParser:
     """The command line of KgeConfig: one --flag per field, help and defaults from it."""
-    p = argparse.ArgumentParser(
-        prog="python -m train.kge",
-        description="Train a knowledge graph embedding with jaxps (1 process or mpiexec -n N).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(KgeConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kwargs = {"default": f.default, "help": f.metadata["help"]}
-        if f.name == "resume":  # --resume alone means "latest"
-            kwargs.update(nargs="?", const="latest", metavar="latest|auto|PATH")
-        elif f.type in ("bool", bool):
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = {"int": int, "float": float, "str": str}[f.type]
-            if f.metadata.get("choices"):
-                kwargs["choices"] = f.metadata["choices"]
-        p.add_argument(flag, **kwargs)
-    return p
+    return make_parser(KgeConfig, "python -m train.kge", "Train a knowledge graph embedding "
+                       "with jaxps (1 process or mpiexec -n N).")
 
 
 def parse_args(argv=None) -> KgeConfig:
     """KgeConfig from command-line arguments (argparse lists valid choices on errors)."""
-    args = parser().parse_args(argv)
-    try:
-        return KgeConfig(**vars(args))
-    except ValueError as e:
-        parser().error(str(e))
+    return parse_config(KgeConfig, parser(), argv)

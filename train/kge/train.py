@@ -11,13 +11,12 @@ and are part of its intent.
 Reliability (docs/reliability.md): every check runs before training and fails all ranks;
 checkpoints are sharded (``jaxps.save_checkpoint``) and resumed only after the config and
 dataset were compared (train/kge/resume.py); SIGINT/SIGTERM stop all ranks at a common batch
-(train/kge/interrupt.py); outputs are written atomically (train/kge/outputs.py).
+(train/common/interrupt.py); outputs are written atomically (train/common/outputs.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import os
 import shutil
@@ -34,8 +33,10 @@ import models
 from jaxps import ParameterServer, TableSpec
 from jaxps import Batch, SparseTrainer, index_batch, row_adagrad
 from jaxps._src.row_optim import ROW_OPTIMIZERS
-from train.kge import outputs, synthetic
-from train.kge.interrupt import StopRequest
+from train.common import outputs
+from train.common.interrupt import StopRequest
+from train.common.launch import ps_options
+from train.kge import synthetic
 from train.kge.config import KgeConfig
 from train.kge.data import KgeDataset, load_dataset, user_cache_dir
 from train.kge.evaluate import Scorers, build_filter, evaluate, reciprocal_scorers
@@ -296,7 +297,7 @@ def save_checkpoint(ps, config: KgeConfig, comm, *, epoch: int, position: int, n
     trained (0 at an epoch boundary). The step is the number of training triples consumed,
     which orders checkpoints whatever the rank count.
     """
-    meta = {"epoch": epoch, "position": position, "history": history, "seconds": seconds,
+    meta = {"entrypoint": "train.kge", "epoch": epoch, "position": position, "history": history, "seconds": seconds,
             "config": dataclasses.asdict(config), "fingerprint": fingerprint,
             "rng": "numpy default_rng([seed, epoch]) permutes the epoch; each batch draws from "
                    "default_rng([seed, epoch, rank, size, position of the batch])"}
@@ -412,7 +413,7 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
     stop.install()
     try:
         with ParameterServer(tables, technique=technique_for(config, dataset), comm=comm,
-                             **_ps_options(config)) as ps:
+                             **ps_options(config.peer_timeout)) as ps:
             if resume_from is not None:
                 manifest = jaxps.load_checkpoint(ps, resume_from, comm=comm)
                 meta = manifest["meta"]
@@ -520,17 +521,6 @@ def _finish(ps, config, comm, dataset, scorers, widths, valid, test, filter_inde
         outputs.write_json(out / "summary.json", summary)
     ps.barrier()
     return summary
-
-
-def _ps_options(config: KgeConfig) -> dict:
-    """Keyword arguments of ParameterServer from the config; --peer-timeout only when set
-    (and only with a jaxps whose ParameterServer takes it)."""
-    if not config.peer_timeout:
-        return {}
-    if "peer_timeout" not in inspect.signature(ParameterServer).parameters:
-        raise ValueError("--peer-timeout: this jaxps' ParameterServer has no peer watchdog "
-                         "(no peer_timeout argument); drop the option")
-    return {"peer_timeout": config.peer_timeout}
 
 
 def _interrupt(ps, config, comm, stop, epoch, position, num_train, history, seconds,

@@ -3,6 +3,7 @@
 Options and defaults: ``python -m train.mf --help`` (from train/mf/config.py).
 """
 
+import jaxps
 from train.mf.config import parse_args
 from train.mf.train import run
 
@@ -12,4 +13,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Any error on any rank, from option parsing to the last export, ends the whole job.
+    jaxps.run_main(main)

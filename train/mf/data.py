@@ -3,11 +3,16 @@
 File format: UTF-8 text, one rating per line, ``user SEP item SEP rating [SEP timestamp]``
 with SEP one of tab, comma, space or ``::`` (MovieLens 100K ``u.data``/``u1.base``, 1M/10M
 ``ratings.dat``, 20M/25M ``ratings.csv``). The separator and the field count (3 or 4) are
-taken from the first data line and must hold on every line. A first line whose rating is
-not a number is a header (``userId,movieId,rating,timestamp``) and skipped. Tolerated: CRLF
-line endings, a UTF-8 byte-order mark, trailing blank lines. Everything else (a wrong field
-count, an empty or non-numeric rating, NaN/Inf, a rating outside the declared range,
-undecodable bytes) is a ``DataError`` naming ``path:lineno``.
+taken from the first data line and must hold on every line. A first line none of whose
+fields is a number is a header (``userId,movieId,rating,timestamp`` of MovieLens 20M) and
+skipped; a header-like line anywhere else is a malformed line. Tolerated: CRLF line endings,
+a UTF-8 byte-order mark, trailing blank lines. Everything else is a ``DataError`` naming
+``path:lineno``: a wrong field count, an empty id, a field with leading or trailing blanks
+(rejected, not stripped, as train.kge does: a padded id would name a second user or item),
+a control character (NUL), an empty or non-numeric rating, NaN/Inf, a rating outside the
+declared range (``--rating-range``; with the count of such lines), undecodable bytes. An
+empty train or test split (a file without ratings, a split fraction that leaves none) is an
+error when the data is loaded, before anything is trained or written.
 
 Ids: users and items are numbered 0, 1, ... in order of first appearance over train, then
 valid, then test, so ids ``[0, k)`` are the k users (items) seen in training; the original
@@ -31,7 +36,7 @@ import numpy as np
 
 from train.kge.data import user_cache_dir
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: caches parsed before the padding/control/header checks are re-read
 _BOM = "\ufeff"
 SPLITS = ("train", "valid", "test")
 FOLDER_FILES = ("ratings.dat", "ratings.csv", "u.data")
@@ -123,6 +128,7 @@ def parse_file(path: str | os.PathLike, rating_range: tuple[float, float] | None
             raise DataError(f"{path}:{text.count(chr(10), 0, i) + 1}: carriage return (\\r) "
                             "inside a line")
     text = text.rstrip("\n")
+    _check_control(text, path)
     if not text:
         raise DataError(f"{path}: no ratings; a ratings file has one 'user item rating "
                         "[timestamp]' per line")
@@ -139,14 +145,16 @@ def parse_file(path: str | os.PathLike, rating_range: tuple[float, float] | None
         text = text.replace("::", "\x1f")
         sep = "\x1f"
     lines = text.split("\n")
-    counts = _separators_per_line(text, sep, len(lines))
+    data = np.frombuffer(text.encode("utf-8"), np.uint8)  # ASCII bytes never occur inside
+    counts = _separators_per_line(data, sep, len(lines))  # a multi-byte UTF-8 character
     nfields = int(counts[0]) + 1
     bad = np.flatnonzero(counts != counts[0])
     if nfields not in (3, 4) or len(bad):
         at = 0 if nfields not in (3, 4) else int(bad[0])
         raise DataError(f"{path}:{at + start_line}: expected 3 or 4 fields "
                         f"(user item rating [timestamp]) separated by {_sep_name(sep)} as on "
-                        f"the first line, got {counts[at] + 1}: {lines[at][:200]!r}")
+                        f"the first line, got {counts[at] + 1}: {_show(lines[at])}")
+    _check_padding(data, sep, path, lines, start_line)
     flat = text.replace("\n", sep).split(sep)
     users, items, values = flat[0::nfields], flat[1::nfields], flat[2::nfields]
     line_no = np.arange(start_line, start_line + len(lines), dtype=np.int64)
@@ -174,10 +182,59 @@ def parse_file(path: str | os.PathLike, rating_range: tuple[float, float] | None
     return RawRatings(_ids(users), _ids(items), ratings, line_no)
 
 
-def _separators_per_line(text: str, sep: str, num_lines: int) -> np.ndarray:
-    """int64 [num_lines]: how many ``sep`` (one ASCII character) each line holds."""
-    b = np.frombuffer(text.encode("utf-8"), np.uint8)  # ASCII bytes never occur inside
-    newlines = np.flatnonzero(b == 10)                  # a multi-byte UTF-8 character
+def _check_control(text: str, path: Path) -> None:
+    """Raise on the first control character other than tab and newline (a NUL, a \\x1f)."""
+    b = np.frombuffer(text.encode("utf-8"), np.uint8)
+    bad = np.flatnonzero((b < 32) & (b != 9) & (b != 10))
+    if len(bad):
+        at = int(bad[0])
+        raise DataError(f"{path}:{int(np.count_nonzero(b[:at] == 10)) + 1}: control character "
+                        f"{bytes(b[at:at + 1])!r} in a line; ratings files are plain text")
+
+
+def _check_padding(b: np.ndarray, sep: str, path: Path, lines: list, start_line: int) -> None:
+    """Raise on the first field with leading or trailing blanks (spaces, tabs that are not
+    the separator; with spaces as separator: a doubled space or one at a line's start or
+    end). Vectorized over the bytes; a Python loop only to describe the bad line.
+
+    Rejected, not stripped, as in train.kge: ``"7\t 12\t4"`` names item " 12", which
+    becomes a second item beside "12" as soon as one id of the file is not an integer.
+    """
+    n = len(b)
+    if not n:
+        return
+    bound = (b == ord(sep)) | (b == 10)
+    prev_bound = np.concatenate([[True], bound[:-1]])   # byte i starts a field
+    next_bound = np.concatenate([bound[1:], [True]])    # byte i ends a field
+    blank = (b == 32) | (b == 9)
+    if sep == " ":
+        bad = (b == 32) & (prev_bound | next_bound)  # an empty field beside this space
+        bad |= (b == 9) & (prev_bound | next_bound)
+    else:
+        bad = blank & ~bound & (prev_bound | next_bound)
+    where = np.flatnonzero(bad)
+    if not len(where):
+        return
+    index = int(np.count_nonzero(b[:int(where[0])] == 10))
+    line = lines[index]
+    fields = line.split(sep)
+    names = ("user", "item", "rating", "timestamp")
+    k = next((k for k, f in enumerate(fields) if f != f.strip(" \t") or not f), 0)
+    what = names[k] if k < len(names) else f"field {k + 1}"
+    raise DataError(f"{path}:{index + start_line}: {what} field has leading or trailing "
+                    f"blanks (rejected rather than stripped, so that no id silently names a "
+                    f"second user or item; remove them): {_show(line)}")
+
+
+def _show(line: str) -> str:
+    """A line for a message, as written (``::`` is parsed as \\x1f)."""
+    return repr(line.replace("\x1f", "::")[:200])
+
+
+def _separators_per_line(b: np.ndarray, sep: str, num_lines: int) -> np.ndarray:
+    """int64 [num_lines]: how many ``sep`` (one ASCII character) each line of the UTF-8
+    bytes ``b`` holds."""
+    newlines = np.flatnonzero(b == 10)
     line_of_sep = np.searchsorted(newlines, np.flatnonzero(b == ord(sep)))
     return np.bincount(line_of_sep, minlength=num_lines)
 
@@ -194,8 +251,12 @@ def _sep_name(sep: str) -> str:
 
 
 def _is_header(line: str, sep: str) -> bool:
+    """A first line none of whose fields is a number (``userId,movieId,rating,timestamp``).
+
+    Stricter than "the rating is not a number": ``1,2,five`` on line 1 is a bad rating, not
+    a header, and is reported as such."""
     fields = line.split(sep)
-    return len(fields) >= 3 and not _is_float(fields[2])
+    return len(fields) >= 3 and not any(_is_float(f) for f in fields)
 
 
 def _is_float(text: str) -> bool:
@@ -242,10 +303,11 @@ def remap(parts: Mapping[str, RawRatings], rating_range=None, name: str = "ratin
 def make_dataset(name, user_ids, item_ids, splits, rating_range=None, from_cache=False
                  ) -> RatingsDataset:
     """A RatingsDataset after checking that train (and a present test) is non-empty."""
-    for split in ("train", "test"):
+    for split in SPLITS:
         if split in splits and not len(splits[split]):
             raise DataError(f"{name}: the {split} split is empty; give a file with ratings "
-                            "(or change --split / --valid-fraction)")
+                            "(or change --split / --valid-fraction: a fraction of 0 means "
+                            "no such split)")
     train = splits["train"].ratings
     if rating_range is None:
         rating_range = (float(train.min()), float(train.max()))
@@ -258,8 +320,8 @@ def split_seeded(raw: RawRatings, fractions, seed: int, names=SPLITS) -> dict[st
     perm = np.random.default_rng([seed, 17]).permutation(len(raw.ratings))
     cuts = np.cumsum([round(f * len(perm)) for f in fractions[:-1]])
     out = {}
-    for name, index in zip(names, np.split(perm, cuts)):
-        if name == "train" or len(index):
+    for name, fraction, index in zip(names, fractions, np.split(perm, cuts)):
+        if name == "train" or fraction > 0:  # a split asked for but empty is an error later
             index = np.sort(index)  # keep file order inside a split
             out[name] = RawRatings(*(a[index] for a in raw))
     return out
@@ -328,9 +390,13 @@ def write_cache(path: Path, d: RatingsDataset) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"{s}_{f}": getattr(r, f) for s, r in d.splits.items() for f in Ratings._fields}
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, name=d.name, user_ids=d.user_ids, item_ids=d.item_ids,
-             rating_range=np.array(d.rating_range), **arrays)
-    os.replace(tmp, path)
+    try:
+        np.savez(tmp, name=d.name, user_ids=d.user_ids, item_ids=d.item_ids,
+                 rating_range=np.array(d.rating_range), **arrays)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk must not keep a partial file filling it
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_cache(path: Path) -> RatingsDataset | None:

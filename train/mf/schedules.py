@@ -68,12 +68,21 @@ class Schedule:
             self.block_cells = [self.mine[blocks == b] for b in range(size)]
             self.block_items = [np.flatnonzero(self.item_block == b) for b in range(size)]
 
-    def epoch(self, epoch: int) -> list[SubEpoch]:
-        """The sub-epochs of ``epoch`` on this rank (the same count on every rank)."""
+    def epoch(self, epoch: int, start: int = 0) -> list[SubEpoch]:
+        """The sub-epochs of ``epoch`` on this rank (the same count on every rank).
+
+        ``start`` (shuffled only): entries of the epoch's permutation already trained. Rank r
+        takes every size-th entry from there, so after b batches on every rank exactly the
+        first ``start + b * batch_size * size`` entries are consumed: a run stopped there
+        continues from that one number, on any rank count, with the batches the
+        uninterrupted run would have had (on as many ranks).
+        """
         rng = np.random.default_rng([self.seed, epoch, 3])
         if self.name == "shuffled":
             perm = rng.permutation(len(self.train))
-            return [SubEpoch(perm[self.rank::self.size], None)]
+            return [SubEpoch(perm[start:][self.rank::self.size], None)]
+        if start:
+            raise ValueError(f"Schedule.epoch: start is for the shuffled schedule, not {self.name}")
         if self.name == "columns":
             order = rng.permutation(self.num_items)          # column order of this epoch
             position = np.empty(self.num_items, np.float64)

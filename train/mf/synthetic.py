@@ -51,8 +51,9 @@ def parse_spec(spec: str) -> dict:
                             "synthetic:rows=1000000,cols=100000,cells=20000000")
     if params["cells"] > 0.5 * params["rows"] * params["cols"]:
         raise DataError(f"{spec!r}: cells must be at most half of rows x cols")
-    if params["skew"] < 0 or params["noise"] < 0 or params["rank"] < 1:
-        raise DataError(f"{spec!r}: need skew >= 0, noise >= 0, rank >= 1")
+    if not (np.isfinite(params["skew"]) and np.isfinite(params["noise"])) or \
+            params["skew"] < 0 or params["noise"] < 0 or params["rank"] < 1:
+        raise DataError(f"{spec!r}: need finite skew >= 0, finite noise >= 0, rank >= 1")
     return params
 
 
@@ -102,35 +103,23 @@ def _column_counts(rng, p: np.ndarray, cells: int, *, cap: int) -> np.ndarray:
     return counts
 
 
-def load_synthetic(spec: str, fractions, *, comm=None) -> "RatingsDataset":  # noqa: F821
-    """The matrix of ``spec`` split by ``fractions``; generated on rank 0 once, then cached.
+def load_synthetic(spec: str, fractions) -> "RatingsDataset":  # noqa: F821
+    """The matrix of ``spec`` split by ``fractions``: generated once into the cache, then read.
 
-    Collective when ``comm`` is given (the other ranks wait for rank 0's file).
+    Not collective: ``train.mf.train.load`` runs it on rank 0 first (a failure there fails
+    every rank), then on the others, which read rank 0's file or, on another host with its
+    own cache folder, generate their own identical copy (the generator is seeded).
     """
     p = parse_spec(spec)
     name = "synthetic-r{rows}-c{cols}-n{cells}-z{skew:g}-k{rank}-e{noise:g}-s{seed}".format(**p)
-    folder = user_cache_dir() / "mf-synthetic"
     split_key = "-".join(f"{f:g}" for f in fractions)
-    path = folder / f"{name}-split{split_key}.npz"
-    rank = comm.Get_rank() if comm is not None else 0
-    failure = None
-    if rank == 0 and read_cache(path) is None:
-        try:
-            cells = generate(p["rows"], p["cols"], p["cells"], skew=p["skew"], rank=p["rank"],
-                             noise=p["noise"], seed=p["seed"])
-            write_cache(path, split_dataset(name, cells, p["rows"], p["cols"], fractions))
-        except Exception as e:  # told to every rank below, so none waits forever
-            failure = e
-    if comm is not None and comm.Get_size() > 1:
-        message = comm.bcast(None if failure is None else repr(failure), root=0)
-        if message is not None and failure is None:
-            raise DataError(f"rank 0 could not generate {spec!r}: {message}")
-    if failure is not None:
-        raise failure
+    path = user_cache_dir() / "mf-synthetic" / f"{name}-split{split_key}.npz"
     dataset = read_cache(path)
     if dataset is None:
-        raise DataError(f"{path}: the generated matrix could not be read back; delete the "
-                        "file and rerun")
+        cells = generate(p["rows"], p["cols"], p["cells"], skew=p["skew"], rank=p["rank"],
+                         noise=p["noise"], seed=p["seed"])
+        dataset = split_dataset(name, cells, p["rows"], p["cols"], fractions)
+        write_cache(path, dataset)
     return dataset
 
 
@@ -138,8 +127,8 @@ def split_dataset(name: str, cells: Ratings, rows: int, cols: int, fractions):
     """Train/valid/test by ``fractions`` of cells already in random order."""
     cuts = np.cumsum([round(f * len(cells)) for f in fractions[:-1]])
     parts = np.split(np.arange(len(cells)), cuts)
-    splits = {s: cells.take(ix) for s, ix in zip(("train", "valid", "test"), parts)
-              if s == "train" or len(ix)}
+    splits = {s: cells.take(ix) for s, f, ix in zip(("train", "valid", "test"), fractions,
+                                                    parts) if s == "train" or f > 0}
     return make_dataset(name, np.arange(rows, dtype=np.int64), np.arange(cols, dtype=np.int64),
                         splits)
 

@@ -6,12 +6,18 @@ row followed by its optimizer state. An epoch is the schedule's list of sub-epoc
 sub-epoch that names keys to localize (dsgd), all ranks meet in a PS barrier (the previous
 block is finished everywhere) and then move the new column block here; both happen in this
 (the training) thread, at exactly the sub-epoch boundary.
+
+Reliability (docs/reliability.md, as train.kge): every check runs before training and fails
+all ranks (rank-0-only work through ``jaxps.run_on_root``); checkpoints are sharded
+(``jaxps.save_checkpoint``) and resumed only after the config and dataset were compared
+(train/mf/resume.py, which also says where in an epoch a resumed run starts); SIGINT/SIGTERM
+stop all ranks at a common point (train/common/interrupt.py); outputs are written atomically
+(train/common/outputs.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -22,8 +28,10 @@ from mpi4py import MPI
 import jaxps
 from jaxps import ParameterServer, SparseTrainer, TableSpec
 from models import mf
-from train.kge.train import read_table, write_table
-from train.mf import schedules
+from train.common import outputs
+from train.common.interrupt import StopRequest
+from train.common.launch import ps_options
+from train.mf import export, resume, schedules
 from train.mf.config import MfConfig, parse_fractions, parse_range
 from train.mf.data import RatingsDataset, load_files, load_single
 from train.mf.evaluate import evaluate
@@ -45,7 +53,20 @@ _GAUGES = ("local_fraction", "max_staleness", "replicas")  # ps.stats() values t
 
 # ----- data ----------------------------------------------------------------------------------
 def load(config: MfConfig, comm: MPI.Comm) -> RatingsDataset:
-    """The ratings of ``config`` (every rank reads them; a bad file fails on every rank)."""
+    """The ratings of ``config`` on every rank of ``comm`` (collective).
+
+    Rank 0 reads (or generates) them first and writes the binary cache, inside
+    ``jaxps.run_on_root``: a bad file or spec fails every rank with rank 0's message, and no
+    rank parses while another fails. Then every other rank loads them itself: from rank 0's
+    cache where it sees that folder, else (another host, its own cache folder) by parsing or
+    generating its own identical copy (the split and the generator are seeded).
+    """
+    mine: list = []
+    jaxps.run_on_root(lambda: mine.append(_load(config)), comm=comm)
+    return mine[0] if mine else _load(config)
+
+
+def _load(config: MfConfig) -> RatingsDataset:
     fractions, rating_range = parse_fractions(config.split), parse_range(config.rating_range)
     if config.train:
         return load_files(config.train, config.valid, config.test,
@@ -54,7 +75,7 @@ def load(config: MfConfig, comm: MPI.Comm) -> RatingsDataset:
     spec = config.data or (f"synthetic:rows={config.synthetic_rows},"
                            f"cols={config.synthetic_cols},cells={config.synthetic_cells}")
     if spec.startswith("synthetic:"):
-        return load_synthetic(spec, fractions, comm=comm)
+        return load_synthetic(spec, fractions)
     return load_single(spec, fractions, rating_range=rating_range, seed=config.seed)
 
 
@@ -95,54 +116,12 @@ def technique_for(config: MfConfig, dataset: RatingsDataset):
     return jaxps.Nups(hot_keys={"item": np.sort(hot)})
 
 
-# ----- checkpoints (as train.kge's, for both tables) -----------------------------------------
-def save_checkpoint(ps, out: Path, epoch: int, config: MfConfig, comm) -> None:
-    """Collective: rank 0 writes out/checkpoint.npz (whole rows incl. optimizer state)."""
-    ps.wait_sync()
-    if comm.Get_rank() == 0:
-        tmp = out / "checkpoint.tmp.npz"
-        np.savez(tmp, **{t: read_table(ps, t) for t in TABLES}, epoch=epoch,
-                 config=json.dumps(dataclasses.asdict(config)))
-        tmp.replace(out / "checkpoint.npz")
-    ps.barrier()
-
-
-def load_checkpoint(ps, out: Path, comm) -> int:
-    """Collective: restore the tables from out/checkpoint.npz; returns its epoch (0: none).
-
-    Every rank reads the file's header, so a mismatch fails on every rank alike.
-    """
-    path = out / "checkpoint.npz"
-    if not path.is_file():
-        return 0
-    with np.load(path) as ckpt:
-        for table in TABLES:
-            want = (ps.tables[table].num_keys, ps.tables[table].width)
-            if ckpt[table].shape != want:
-                raise ValueError(f"{path}: table {table!r} has shape {ckpt[table].shape}, "
-                                 f"this run needs {want}; resume with the same data, --dim "
-                                 "and --optimizer")
-        if comm.Get_rank() == 0:
-            for table in TABLES:
-                write_table(ps, table, ckpt[table])
-        epoch = int(ckpt["epoch"])
-    ps.wait_sync()
-    return epoch
-
-
-def export_factors(ps, out: Path, dataset: RatingsDataset, config: MfConfig) -> None:
-    """Rank 0: {user,item}_factors.npy [n, dim], {user,item}_bias.npy [n], id maps
-    ({user,item}_ids.txt, one original id per line) and model.json (mean, rating range)."""
-    for table, ids in (("user", dataset.user_ids), ("item", dataset.item_ids)):
-        rows = read_table(ps, table, columns=config.dim + 1)
-        np.save(out / f"{table}_factors.npy", rows[:, :-1])
-        np.save(out / f"{table}_bias.npy", rows[:, -1])
-        (out / f"{table}_ids.txt").write_text("".join(f"{x}\n" for x in ids.tolist()),
-                                              encoding="utf-8")
-    (out / "model.json").write_text(json.dumps(
-        {"model": "biased-mf", "mean": dataset.mean, "rating_range": dataset.rating_range,
-         "dim": config.dim, "predict": "mean + user_bias[u] + item_bias[i] + "
-         "user_factors[u] @ item_factors[i], clipped to rating_range"}, indent=2) + "\n")
+def max_keys(config: MfConfig, dataset: RatingsDataset) -> dict:
+    """The most unique keys one batch touches per table (one user and one item per rating;
+    padding repeats a cell): SparseTrainer pads every batch to these, so the step compiles
+    once, before the first epoch."""
+    return {"user": min(dataset.num_users, config.batch_size),
+            "item": min(dataset.num_items, config.batch_size)}
 
 
 # ----- the run -------------------------------------------------------------------------------
@@ -158,8 +137,13 @@ def _global_stats(stats: dict, comm) -> dict:
     return total
 
 
-def train_epoch(trainer: SparseTrainer, sub_epochs: list, dataset, config, bar=None) -> dict:
-    """One epoch on this rank: every sub-epoch (``Schedule.epoch``); returns this rank's counts.
+def train_epoch(trainer: SparseTrainer, sub_epochs: list, dataset, config, bar=None, *,
+                stop: StopRequest | None = None, first_sub: int = 0, common: int = 0) -> dict:
+    """One epoch on this rank: the sub-epochs ``first_sub``, ... (``Schedule.epoch``);
+    returns this rank's counts, and where it stopped when the ranks agreed to stop
+    (``stopped_batches``: shuffled, after that many batches; ``stopped_sub``: dsgd, before
+    that sub-epoch). ``common``: the batches every rank has in a shuffled epoch (the ranks
+    agree on a stop request only within those).
 
     Collective when a sub-epoch localizes (dsgd): every rank has the same number of them.
     """
@@ -167,106 +151,206 @@ def train_epoch(trainer: SparseTrainer, sub_epochs: list, dataset, config, bar=N
     t0 = time.perf_counter()
     before = ps.stats()  # around everything: localize's moves and waits count too
     loss_sum, examples, batches, compiles = 0.0, 0, 0, trainer.compiles
-    for sub in sub_epochs:
+    stopped_batches, stopped_sub = None, None
+    for index in range(first_sub, len(sub_epochs)):
+        sub = sub_epochs[index]
         if sub.localize is not None:
             ps.barrier()  # the previous column block is finished on every rank
+            if index > first_sub and stop is not None and stop.agreed():
+                stopped_sub = index  # a sub-epoch boundary: every rank is here
+                break
             ps.localize("item", sub.localize)
+        source = schedules.batches(train, sub.cells, config.batch_size, dataset.num_users,
+                                   dataset.num_items)
+        stopped: list = []
+        if stop is not None and config.schedule == "shuffled":
+            source = stop.batches(source, common, stopped)
         m = trainer.train_epoch(
-            schedules.batches(train, sub.cells, config.batch_size, dataset.num_users,
-                              dataset.num_items),
-            on_batch=None if bar is None else (lambda n, loss: bar.update(1)))
+            source, on_batch=None if bar is None else (lambda n, loss: bar.update(1)))
         if m.examples:
             loss_sum += m.loss * m.examples
         examples += m.examples
         batches += m.batches
         compiles = m.compiles
+        if stopped:
+            stopped_batches = stopped[0]
+            break
     after = ps.stats()
     ps_stats = {k: v - before.get(k, 0) for k, v in after.items()
                 if isinstance(v, (int, float)) and k not in _GAUGES}
     return {"loss_sum": loss_sum, "examples": examples, "batches": batches,
-            "compiles": compiles, "ps": ps_stats, "seconds": time.perf_counter() - t0}
+            "compiles": compiles, "ps": ps_stats, "seconds": time.perf_counter() - t0,
+            "stopped_batches": stopped_batches, "stopped_sub": stopped_sub}
 
 
 def run(config: MfConfig, comm: MPI.Comm | None = None) -> dict:
-    """Train and evaluate as configured; returns the summary (also written to out/)."""
+    """Train and evaluate as configured; returns the summary (also written to out/).
+
+    Every check that can fail runs before training, where a failure fails every rank with
+    its message (call it through ``jaxps.run_main`` so that any later error ends the job).
+    Nothing is written to --out before the ratings were read. SIGINT/SIGTERM stop all
+    ranks at a common point (train/mf/resume.py says where), write a checkpoint (with
+    --out) and raise ``jaxps.JobExit`` (status 3) saying where it is.
+    """
     comm = MPI.COMM_WORLD if comm is None else comm
     rank, size = comm.Get_rank(), comm.Get_size()
     t_start = time.perf_counter()
-    dataset = load(config, comm)
     say = print if rank == 0 else (lambda *a, **k: None)
+    out = Path(config.out) if config.out else None
+    if out is not None:  # a file in the way or a read-only parent fails in seconds
+        jaxps.run_on_root(lambda: outputs.check_out_dir(out, 0, create=False), comm=comm)
+    dataset = load(config, comm)
+    train = dataset.splits["train"]
     say(f"ratings {dataset.name}: {dataset.num_users} users, {dataset.num_items} items, "
         + ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items())
         + f"; range {dataset.rating_range[0]:g}..{dataset.rating_range[1]:g}; mean "
         f"{dataset.mean:.3f}; {size} rank(s), schedule {config.schedule}, technique "
         f"{config.technique}", flush=True)
-    out = Path(config.out) if config.out else None
-    if out is not None and rank == 0:
-        out.mkdir(parents=True, exist_ok=True)  # only after the data was read successfully
     tables, optimizers = make_tables(dataset, config)
+    fingerprint = resume.dataset_fingerprint(dataset) if out is not None else None
+    resume_from, manifest, notes = None, None, []
+    if out is not None:
+        need = export.out_bytes(tables, config.dim)
+        jaxps.run_on_root(lambda: outputs.check_out_dir(out, need), comm=comm)
+
+        def find():
+            path = resume.find_checkpoint(config)
+            if path is None:
+                return None, None, []
+            m = jaxps.read_manifest(path)
+            return path, m, resume.check_compatible(m, config, fingerprint, path)
+        resume_from, manifest, notes = jaxps.run_on_root(find, comm=comm)
+        if config.resume and resume_from is None:
+            say(f"--resume auto: no checkpoint in {resume.checkpoint_root(config)}; starting "
+                "afresh")
     width = mf.row_width(config.dim)
-    schedule = schedules.Schedule(dataset.splits["train"], dataset.num_users,
-                                  dataset.num_items, config.schedule, rank=rank, size=size,
-                                  seed=config.seed)
+    schedule = schedules.Schedule(train, dataset.num_users, dataset.num_items,
+                                  config.schedule, rank=rank, size=size, seed=config.seed)
     scoring = {"mean": dataset.mean, "rating_range": dataset.rating_range, "width": width,
                "comm": comm}
     history: list[dict] = []
     train_stats: dict = {}
+    prior_seconds, prior_train, first, position, first_sub = 0.0, 0.0, 1, 0, 0
     train_seconds, compile0 = 0.0, _COMPILE_SECONDS[0]
-    with ParameterServer(tables, technique=technique_for(config, dataset), comm=comm) as ps:
-        first = load_checkpoint(ps, out, comm) + 1 if config.resume else 1
-        if out is not None and rank == 0 and first > 1 and (out / "metrics.jsonl").is_file():
-            lines = (out / "metrics.jsonl").read_text().splitlines()
-            history = [m for m in map(json.loads, lines) if m["epoch"] < first]
-        trainer = SparseTrainer(ps, make_loss(dataset.mean, config.reg), optimizers,
-                                lookahead=config.lookahead)
-        for epoch in range(first, config.epochs + 1):
-            bar, sub_epochs = None, schedule.epoch(epoch)
-            if rank == 0 and config.progress:
-                from tqdm import tqdm
-                bar = tqdm(total=schedules.num_batches(sub_epochs, config.batch_size),
-                           desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=0.5)
-            try:
-                m = train_epoch(trainer, sub_epochs, dataset, config, bar)
-            finally:
-                if bar is not None:
-                    bar.close()
-            # Pickle-based reductions hold the GIL while waiting: only after a PS barrier.
-            ps.barrier()
-            stats = _global_stats(m["ps"], comm)
-            for k, v in stats.items():
-                if k != "local_fraction":
-                    train_stats[k] = train_stats.get(k, 0) + v
-            seconds = comm.allreduce(m["seconds"], op=MPI.MAX)
-            train_seconds += seconds
-            examples = comm.allreduce(m["examples"])
-            record = {"task": "mf", "epoch": epoch, "loss": comm.allreduce(m["loss_sum"]) / max(examples, 1),
-                      "examples": examples, "seconds": seconds,
-                      "examples_per_s": examples / max(seconds, 1e-9),
-                      "compiles": m["compiles"], "local_fraction": stats["local_fraction"],
-                      "ps": stats}
-            if "valid" in dataset.splits and config.eval_every and \
-                    epoch % config.eval_every == 0:
-                ps.wait_sync()
-                record["valid"] = evaluate(ps, dataset.splits["valid"], **scoring)
-            history.append(record)
-            say(_epoch_line(record, config), flush=True)
-            if out is not None and rank == 0:
-                _write_atomic(out / "metrics.jsonl",
-                              "".join(json.dumps(h) + "\n" for h in history))
-            if config.checkpoint_every and epoch % config.checkpoint_every == 0:
-                save_checkpoint(ps, out, epoch, config, comm)
-        ps.wait_sync()
-        final = {s: evaluate(ps, dataset.splits[s], **scoring)
-                 for s in ("valid", "test") if s in dataset.splits}
-        if out is not None and rank == 0:
-            export_factors(ps, out, dataset, config)
-        ps.barrier()
+    interrupted, summary = None, None
+    stop = StopRequest(comm)
+    stop.install()
+    try:
+        with ParameterServer(tables, technique=technique_for(config, dataset), comm=comm,
+                             **ps_options(config.peer_timeout)) as ps:
+            if resume_from is not None:
+                manifest = jaxps.load_checkpoint(ps, resume_from, comm=comm)
+                meta = manifest["meta"]
+                history = [h for h in meta["history"] if h["epoch"] <= meta["epoch"]]
+                prior_seconds = float(meta.get("seconds", 0.0))
+                prior_train = float(meta.get("train_seconds", 0.0))
+                first = meta["epoch"] + 1
+                position, first_sub, restart = resume.start_within(meta, config, size)
+                say(resume.describe(manifest, resume_from), flush=True)
+                for note in notes:
+                    say(f"note: differs from the checkpoint: {note}", flush=True)
+                if restart:
+                    say(f"note: {restart}", flush=True)
+                if rank == 0:
+                    outputs.write_jsonl(out / "metrics.jsonl", history)
+            trainer = SparseTrainer(ps, make_loss(dataset.mean, config.reg), optimizers,
+                                    lookahead=config.lookahead,
+                                    max_keys=max_keys(config, dataset))
+            # Compiled here, for the padded sizes of every batch, so no epoch stalls for it.
+            trainer.compile(next(schedules.batches(train, np.arange(min(len(train),
+                                                                         config.batch_size)),
+                                                   config.batch_size, dataset.num_users,
+                                                   dataset.num_items)))
+            elapsed = lambda: prior_seconds + time.perf_counter() - t_start
+            for epoch in range(first, config.epochs + 1):
+                sub_epochs = schedule.epoch(epoch, position)
+                common = -(-len(range(size - 1, len(train) - position, size))
+                           // config.batch_size)
+                bar = None
+                if rank == 0 and config.progress:
+                    from tqdm import tqdm
+                    bar = tqdm(total=schedules.num_batches(sub_epochs[first_sub:],
+                                                           config.batch_size),
+                               desc=f"epoch {epoch}", unit="batch", leave=False,
+                               mininterval=0.5)
+                try:
+                    m = train_epoch(trainer, sub_epochs, dataset, config, bar, stop=stop,
+                                    first_sub=first_sub, common=common)
+                finally:
+                    if bar is not None:
+                        bar.close()
+                # Pickle-based reductions hold the GIL while waiting: only after a PS barrier.
+                ps.barrier()
+                stats = _global_stats(m["ps"], comm)
+                for k, v in stats.items():
+                    if k != "local_fraction":
+                        train_stats[k] = train_stats.get(k, 0) + v
+                seconds = comm.allreduce(m["seconds"], op=MPI.MAX)
+                train_seconds += seconds
+                examples = comm.allreduce(m["examples"])
+                record = {"task": "mf", "epoch": epoch,
+                          "loss": comm.allreduce(m["loss_sum"]) / max(examples, 1),
+                          "examples": examples, "seconds": seconds,
+                          "examples_per_s": examples / max(seconds, 1e-9),
+                          "compiles": m["compiles"], "local_fraction": stats["local_fraction"],
+                          "ps": stats}
+                if position or first_sub:
+                    record["from"] = {"position": position, "sub_epoch": first_sub}
+                if m["stopped_batches"] is not None or m["stopped_sub"] is not None:
+                    at_pos = (min(position + m["stopped_batches"] * config.batch_size * size,
+                                  len(train)) if m["stopped_batches"] is not None else 0)
+                    at_sub = m["stopped_sub"] or 0
+                    # Not in the checkpoint's history: the resumed run writes the epoch's line.
+                    interrupted = _interrupt(ps, config, comm, stop, epoch - 1, at_pos, at_sub,
+                                             len(train), history, elapsed(),
+                                             prior_train + train_seconds, fingerprint, out)
+                    break
+                position, first_sub = 0, 0
+                if "valid" in dataset.splits and config.eval_every and \
+                        epoch % config.eval_every == 0:
+                    ps.wait_sync()
+                    record["valid"] = evaluate(ps, dataset.splits["valid"], **scoring)
+                history.append(record)
+                say(_epoch_line(record, config), flush=True)
+                if out is not None and rank == 0:
+                    outputs.write_jsonl(out / "metrics.jsonl", history)
+                if config.checkpoint_every and epoch % config.checkpoint_every == 0:
+                    resume.save(ps, config, comm, epoch=epoch, position=0, sub_epoch=0,
+                                num_train=len(train), history=history, seconds=elapsed(),
+                                train_seconds=prior_train + train_seconds,
+                                fingerprint=fingerprint)
+                if epoch < config.epochs and stop.agreed():
+                    interrupted = _interrupt(ps, config, comm, stop, epoch, 0, 0, len(train),
+                                             history, elapsed(), prior_train + train_seconds,
+                                             fingerprint, out)
+                    break
+            if interrupted is None:
+                summary = _finish(ps, config, comm, dataset, scoring, history, train_stats,
+                                  resume_from, elapsed, t_start, prior_train + train_seconds,
+                                  compile0, out)
+    finally:
+        stop.uninstall()
+    if interrupted is not None:
+        # Outside the PS block: every rank raises it together, so nothing needs aborting.
+        raise jaxps.JobExit(3, interrupted)
+    return summary
+
+
+def _finish(ps, config, comm, dataset, scoring, history, train_stats, resume_from, elapsed,
+            t_start, train_seconds, compile0, out) -> dict:
+    """Final evaluation, the results table, then summary.json and the exports (rank 0)."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    ps.wait_sync()
+    final = {s: evaluate(ps, dataset.splits[s], **scoring)
+             for s in ("valid", "test") if s in dataset.splits}
     pulls = train_stats.get("pull_local", 0) + train_stats.get("pull_remote", 0)
     train_stats["local_fraction"] = train_stats.get("pull_local", 0) / pulls if pulls else 1.0
+    compile_seconds = comm.allreduce(_COMPILE_SECONDS[0] - compile0, op=MPI.MAX)
     summary = {"valid": final.get("valid"), "test": final.get("test"),
-               "epochs": config.epochs, "seconds": time.perf_counter() - t_start,
-               "train_seconds": train_seconds,
-               "compile_seconds": comm.allreduce(_COMPILE_SECONDS[0] - compile0, op=MPI.MAX),
+               "epochs": config.epochs, "seconds": elapsed(),
+               "seconds_this_run": time.perf_counter() - t_start,
+               "train_seconds": train_seconds, "compile_seconds": compile_seconds,
+               "resumed_from": str(resume_from) if resume_from else None,
                "ps": train_stats, "ranks": size,
                "dataset": dataset.name, "num_users": dataset.num_users,
                "num_items": dataset.num_items,
@@ -274,17 +358,33 @@ def run(config: MfConfig, comm: MPI.Comm | None = None) -> dict:
                "config": dataclasses.asdict(config)}
     if history:
         summary["last_epoch"] = {k: history[-1][k] for k in ("loss", "examples_per_s", "compiles")}
+    # The results first: a failing export (disk full) must not lose them.
     if rank == 0:
-        say(_results_table(summary), flush=True)
-        if out is not None:
-            _write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        print(_results_table(summary), flush=True)
+    if out is not None and rank == 0:
+        outputs.write_json(out / "summary.json", summary)
+        summary["exports"] = export.export_factors(ps, out, dataset, config)
+        outputs.write_json(out / "summary.json", summary)
+    ps.barrier()
     return summary
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def _interrupt(ps, config, comm, stop, epoch, position, sub_epoch, num_train, history,
+               seconds, train_seconds, fingerprint, out) -> str:
+    """Collective after a stop request: write a checkpoint (with --out); returns the message."""
+    where = f"epoch {epoch}" + (
+        f" + {position} of {num_train} ratings of epoch {epoch + 1}" if position else
+        f" + {sub_epoch} of {comm.Get_size()} dsgd sub-epochs of epoch {epoch + 1}"
+        if sub_epoch else "")
+    if out is None:
+        return f"interrupted after {where}; no checkpoint written (pass --out DIR to get one)"
+    path = resume.save(ps, config, comm, epoch=epoch, position=position, sub_epoch=sub_epoch,
+                       num_train=num_train, history=history, seconds=seconds,
+                       train_seconds=train_seconds, fingerprint=fingerprint)
+    if comm.Get_rank() == 0:
+        outputs.write_jsonl(out / "metrics.jsonl", history)
+    return (f"interrupted ({stop.signal_name or 'signal on another rank'}) after {where}: "
+            f"checkpoint written to {path}; continue with --resume")
 
 
 def _epoch_line(r: dict, config: MfConfig) -> str:

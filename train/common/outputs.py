@@ -21,11 +21,13 @@ class OutputError(OSError):
     """The output folder cannot take this run's files; the message says why and what to do."""
 
 
-def check_out_dir(out: Path, need_bytes: int) -> None:
+def check_out_dir(out: Path, need_bytes: int, *, create: bool = True) -> None:
     """Create ``out`` if needed and check that it is a writable folder with ``need_bytes`` free.
 
     Raises OutputError naming the folder: an existing file in the way, no permission, a
-    read-only file system, or too little space (with the sizes in MiB).
+    read-only file system, or too little space (with the sizes in MiB). ``create=False``
+    writes nothing: only the checks that need no folder (a file in the way, a read-only
+    parent), for a run that must not touch ``out`` before its data was read.
     """
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is an existing file, not a folder; pass a folder "
@@ -39,6 +41,8 @@ def check_out_dir(out: Path, need_bytes: int) -> None:
         raise OutputError(f"--out {out}: {existing} is read-only (mode "
                           f"{existing.stat().st_mode & 0o777:o}); pass a folder you can "
                           "write to")
+    if not create:
+        return
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -58,7 +62,7 @@ def check_out_dir(out: Path, need_bytes: int) -> None:
     free = shutil.disk_usage(out).free
     if free < need_bytes:
         raise OutputError(f"--out {out}: {free / 2**20:.1f} MiB free, this run needs about "
-                          f"{need_bytes / 2**20:.1f} MiB (embeddings and a checkpoint); free "
+                          f"{need_bytes / 2**20:.1f} MiB (exports and a checkpoint); free "
                           "some space or choose another folder")
 
 
@@ -89,8 +93,9 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
-def write_npy(path: Path, shape: tuple[int, int], parts: Iterable[np.ndarray]) -> None:
-    """Atomically write a float32 .npy of ``shape`` from row chunks (so no full copy in memory)."""
+def write_npy(path: Path, shape: tuple[int, ...], parts: Iterable[np.ndarray]) -> None:
+    """Atomically write a float32 .npy of ``shape`` (any rank; chunks split the first axis)
+    from row chunks, so no full copy is ever in memory."""
 
     def write(f):
         np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
