@@ -171,3 +171,11 @@ class LocalTrainer:
     def rows(self, table: str) -> np.ndarray:
         """The whole table as numpy (parameter and state columns)."""
         return np.asarray(self.tables[table])
+
+
+if __name__ == "__main__":
+    import argparse
+    argparse.ArgumentParser(
+        prog="python -m train.bench_local",
+        description="A library module, not a program: LocalTrainer, the no-PS baseline of "
+                    "`python -m train.bench` (technique `local`; docs/bench.md).").parse_args()

@@ -286,3 +286,13 @@ register(mf_workload(
     "mf-zipf-small", "synthetic ratings, 50k users x 10k items, 1M cells, Zipf(1.1) columns; "
     "biased MF dim 32, batch 2048, shuffled",
     {"data": "synthetic:rows=50000,cols=10000,cells=1000000", "dim": 32, "batch_size": 2048}))
+
+
+if __name__ == "__main__":
+    import argparse
+    argparse.ArgumentParser(
+        prog="python -m train.bench_workloads",
+        description="The workload registry of `python -m train.bench`; run without "
+                    "arguments to list the registered workloads.").parse_args()
+    for w in WORKLOADS.values():
+        print(f"{w.name:16s} {w.help}")

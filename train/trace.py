@@ -206,3 +206,12 @@ def synthetic_trace(num_ranks: int, clocks: int, num_keys: int, batch: int, zipf
         keys = np.concatenate([shared.astype(np.int64), priv.astype(np.int64)], axis=1)
         ranks.append([{table: keys[t]} for t in range(clocks)])
     return Trace(tables={table: (num_keys, row_bytes)}, ranks=ranks)
+
+
+if __name__ == "__main__":
+    import argparse
+    argparse.ArgumentParser(
+        prog="python -m train.trace",
+        description="A library module, not a program: TraceRecorder records the keys each "
+                    "batch touches, load_trace reads them, synthetic_trace makes one; "
+                    "replay them with `python -m train.whatif` (docs/whatif.md).").parse_args()

@@ -261,3 +261,13 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+if __name__ == "__main__":
+    import argparse
+    argparse.ArgumentParser(
+        prog="python -m train.kge.datasets",
+        description="The registry of named KGE datasets (`--data NAME` of train.kge); "
+                    "run without arguments to list them.").parse_args()
+    for name in sorted(REGISTRY):
+        print(name)
