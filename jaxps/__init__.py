@@ -19,6 +19,7 @@ from ._src.launch import run_main as run_main
 from ._src.launch import run_on_root as run_on_root
 from ._src.server import ParameterServer as ParameterServer
 from ._src.tables import TableSpec as TableSpec
+from ._src.tables import initial_rows as initial_rows
 from ._src.techniques import TECHNIQUES as TECHNIQUES
 from ._src.techniques import Adaptive as Adaptive
 from ._src.techniques import Classic as Classic
@@ -29,7 +30,8 @@ from ._src.techniques import Technique as Technique
 
 _TRAINER = {"SparseTrainer": "trainer", "Batch": "trainer", "EpochMetrics": "trainer",
             "index_batch": "trainer", "bucket_size": "trainer", "RowOptimizer": "row_optim",
-            "row_optimizer": "row_optim", "row_adagrad": "row_optim", "row_adam": "row_optim"}
+            "row_optimizer": "row_optim", "row_adagrad": "row_optim", "row_adam": "row_optim",
+            "ROW_OPTIMIZERS": "row_optim", "loss_and_row_deltas": "trainer"}
 
 
 def __getattr__(name):
@@ -43,8 +45,9 @@ def __getattr__(name):
 
 
 __all__ = ["Adaptive", "Batch", "CheckpointError", "Classic", "EpochMetrics", "Handle",
-           "InputError", "JobExit", "Nups", "ParameterServer", "ProtocolError", "Relocation", "Replication",
-           "RowOptimizer", "SparseTrainer", "TECHNIQUES", "TableSpec", "Technique",
-           "bucket_size", "index_batch", "install_abort_hooks", "list_checkpoints",
-           "load_checkpoint", "read_manifest", "row_adagrad", "row_adam", "row_optimizer",
-           "run_main", "run_on_root", "save_checkpoint"]
+           "InputError", "JobExit", "Nups", "ParameterServer", "ProtocolError", "ROW_OPTIMIZERS",
+           "Relocation", "Replication", "RowOptimizer", "SparseTrainer", "TECHNIQUES",
+           "TableSpec", "Technique", "bucket_size", "index_batch", "initial_rows",
+           "install_abort_hooks", "list_checkpoints", "load_checkpoint", "loss_and_row_deltas",
+           "read_manifest", "row_adagrad", "row_adam", "row_optimizer", "run_main",
+           "run_on_root", "save_checkpoint"]

@@ -182,7 +182,7 @@ def test_message_with_rows_for_the_first_keys_only():
     keeps that, and splitting the message (by mask or by index, as routing does) keeps
     each key with its own row, keys with rows first."""
     from jaxps._src import protocol
-    from jaxps._src.engine import Msg
+    from jaxps._src.message import Msg
     from jaxps._src.protocol import Tag
 
     keys = np.array([10, 11, 12, 13, 14])

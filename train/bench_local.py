@@ -22,9 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxps import Batch, bucket_size
-from jaxps._src.tables import initial_rows
-from jaxps._src.trainer import loss_and_row_deltas
+from jaxps import Batch, bucket_size, initial_rows, loss_and_row_deltas
 
 _CHUNK = 1 << 16   # keys per chunk when computing initial rows (bounds temporary memory)
 _DONE = object()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from .handles import Handle
+from .message import Msg
 from .protocol import Tag
 from .store import ABSENT, PENDING, TableState
 
@@ -174,6 +175,5 @@ class ReplicaProtocol:
         return rows, np.maximum(holders, 0)
 
     def msg(self, tag, t, h, keys, rows=None, pos=None):
-        from .engine import Msg  # circular at import time only
         pos = np.zeros(len(keys), np.int64) if pos is None else pos
         return Msg(tag, t, h.id, self.rank, keys, pos, rows)

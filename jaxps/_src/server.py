@@ -13,7 +13,8 @@ import numpy as np
 from mpi4py import MPI
 
 from . import techniques, validate
-from .engine import Engine, Msg
+from .engine import Engine
+from .message import Msg
 from .errors import InputError
 from .handles import Handle, completed
 from .protocol import Tag

@@ -32,7 +32,6 @@ import jaxps
 import models
 from jaxps import ParameterServer, TableSpec
 from jaxps import Batch, SparseTrainer, index_batch, row_adagrad
-from jaxps._src.row_optim import ROW_OPTIMIZERS
 from train.common import outputs
 from train.common.interrupt import StopRequest
 from train.common.launch import ps_options
@@ -208,7 +207,7 @@ def make_tables(model, dataset: KgeDataset, config: KgeConfig):
         # configs use: with optax's 0.1, small initial embeddings barely move.
         opt = row_adagrad(config.lr, initial_accumulator_value=0.0)
     else:
-        opt = ROW_OPTIMIZERS[config.optimizer](config.lr)
+        opt = jaxps.ROW_OPTIMIZERS[config.optimizer](config.lr)
     widths = {"entity": model.entity_width(config.dim), "relation": model.relation_width(config.dim)}
     sizes = {"entity": dataset.num_entities,
              "relation": dataset.num_relations * (2 if config.reciprocal else 1)}
