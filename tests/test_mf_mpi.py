@@ -46,8 +46,9 @@ def test_dsgd_local_without_intents_and_technique_independent(tmp_path):
 
 
 def test_columns_local_with_intents(tmp_path):
-    """Latency hiding: intents one batch ahead move the columns in time."""
-    summary = _train(tmp_path, "columns", "adaptive", 1)
+    """Latency hiding: intents two batches ahead (the default) move the columns in time
+    (with one batch ahead, 96.9-99% local depending on the machine's load)."""
+    summary = _train(tmp_path, "columns", "adaptive", 2)
     assert summary["ps"]["local_fraction"] >= 0.97 and summary["ps"]["relocations"] > 0
 
 
