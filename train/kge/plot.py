@@ -39,13 +39,16 @@ def _line_plot(path: Path, xs, ys, *, ylabel: str, title: str, extra=()) -> None
     plt.close(fig)
 
 
-def plot(folder: str | Path) -> list[Path]:
-    """Write the PNG plots of the run in ``folder``; returns their paths."""
+def plot_run(folder: str | Path, *, metric: str, ylabel: str, title: str,
+             loss_label: str = "loss") -> list[Path]:
+    """The PNG plots of a run (KGE or MF) in ``folder``: training loss, local share of
+    pulls, and the valid ``metric`` (``metrics.jsonl``'s ``valid[metric]``) over epochs, with
+    the final valid/test values of ``summary.json``; returns their paths."""
     folder = Path(folder)
     metrics = read_metrics(folder)
     epochs = [m["epoch"] for m in metrics]
-    written = [folder / "loss.png", folder / "local_fraction.png", folder / "mrr.png"]
-    _line_plot(written[0], epochs, [m["loss"] for m in metrics], ylabel="loss",
+    written = [folder / "loss.png", folder / "local_fraction.png", folder / f"{metric}.png"]
+    _line_plot(written[0], epochs, [m["loss"] for m in metrics], ylabel=loss_label,
                title="training loss")
     _line_plot(written[1], epochs, [m["local_fraction"] for m in metrics],
                ylabel="local share of pulls", title="PS accesses served locally")
@@ -56,11 +59,16 @@ def plot(folder: str | Path) -> list[Path]:
         summary = json.loads(summary_path.read_text())
         for split in ("valid", "test"):
             if summary.get(split):
-                extra.append((f"final {split}", summary["epochs"], summary[split]["mrr"]))
+                extra.append((f"final {split}", summary["epochs"], summary[split][metric]))
     _line_plot(written[2], [m["epoch"] for m in evaluated],
-               [m["valid"]["mrr"] for m in evaluated], ylabel="filtered MRR",
-               title="link prediction", extra=extra)
+               [m["valid"][metric] for m in evaluated], ylabel=ylabel, title=title,
+               extra=extra)
     return written
+
+
+def plot(folder: str | Path) -> list[Path]:
+    """Write the PNG plots of the KGE run in ``folder``; returns their paths."""
+    return plot_run(folder, metric="mrr", ylabel="filtered MRR", title="link prediction")
 
 
 def main(argv=None) -> None:
