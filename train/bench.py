@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from train import bench_workloads
+from train.common.stats import sum_counters
 from train.bench_workloads import BenchOptions
 
 REPO = Path(__file__).resolve().parent.parent
@@ -346,11 +347,7 @@ def combine(spec: dict, ranks: list[dict], info: dict) -> dict:
     examples = sum(r["examples"] for r in ranks)
     seconds = max(r["seconds"] for r in ranks)
     steps = min(r["steps"] for r in ranks)
-    total = {}
-    for r in ranks:
-        for k, v in r["ps"].items():
-            if k != "local_fraction":
-                total[k] = total.get(k, 0) + v
+    total = sum_counters(r["ps"] for r in ranks)
     pulls = total.get("pull_local", 0) + total.get("pull_remote", 0)
     rank_seconds = sum(r["seconds"] for r in ranks)
     per_ex = lambda key: total.get(key, 0) / max(examples, 1)

@@ -35,6 +35,7 @@ from jaxps import Batch, SparseTrainer, index_batch, row_adagrad
 from train.common import outputs
 from train.common.interrupt import StopRequest
 from train.common.launch import ps_options
+from train.common.stats import global_stats
 from train.kge import synthetic
 from train.kge.config import KgeConfig
 from train.kge.data import KgeDataset, load_dataset, user_cache_dir
@@ -337,16 +338,6 @@ def _out_bytes(tables: dict, widths: dict) -> int:
 
 
 # ----- the run -------------------------------------------------------------------------------
-def _global_stats(stats: dict, comm) -> dict:
-    """This epoch's PS counters summed over the ranks (which may report different keys)."""
-    total: dict = {}
-    for part in comm.allgather(stats):
-        for k, v in part.items():
-            if k != "local_fraction":
-                total[k] = total.get(k, 0) + v
-    pulls = total.get("pull_local", 0) + total.get("pull_remote", 0)
-    total["local_fraction"] = total.get("pull_local", 0) / pulls if pulls else 1.0
-    return total
 
 
 def _short(metrics: dict | None) -> dict | None:
@@ -440,7 +431,7 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
                 # the GIL while they wait, so this rank's PS thread cannot serve its peers:
                 # reduce only once no rank needs PS service any more (see README).
                 ps.barrier()
-                stats = _global_stats(m.ps, comm)
+                stats = global_stats(m.ps, comm)
                 for k, v in stats.items():
                     if k != "local_fraction":
                         train_stats[k] = train_stats.get(k, 0) + v

@@ -31,6 +31,7 @@ from models import mf
 from train.common import outputs
 from train.common.interrupt import StopRequest
 from train.common.launch import ps_options
+from train.common.stats import global_stats
 from train.mf import export, resume, schedules
 from train.mf.config import MfConfig, parse_fractions, parse_range
 from train.mf.data import RatingsDataset, load_files, load_single
@@ -125,16 +126,6 @@ def max_keys(config: MfConfig, dataset: RatingsDataset) -> dict:
 
 
 # ----- the run -------------------------------------------------------------------------------
-def _global_stats(stats: dict, comm) -> dict:
-    """This epoch's PS counters summed over the ranks (which may report different keys)."""
-    total: dict = {}
-    for part in comm.allgather(stats):
-        for k, v in part.items():
-            if k != "local_fraction":
-                total[k] = total.get(k, 0) + v
-    pulls = total.get("pull_local", 0) + total.get("pull_remote", 0)
-    total["local_fraction"] = total.get("pull_local", 0) / pulls if pulls else 1.0
-    return total
 
 
 def train_epoch(trainer: SparseTrainer, sub_epochs: list, dataset, config, bar=None, *,
@@ -281,7 +272,7 @@ def run(config: MfConfig, comm: MPI.Comm | None = None) -> dict:
                         bar.close()
                 # Pickle-based reductions hold the GIL while waiting: only after a PS barrier.
                 ps.barrier()
-                stats = _global_stats(m["ps"], comm)
+                stats = global_stats(m["ps"], comm)
                 for k, v in stats.items():
                     if k != "local_fraction":
                         train_stats[k] = train_stats.get(k, 0) + v
