@@ -98,3 +98,15 @@ def describe(manifest: dict, path: Path, within: str = "") -> str:
     at = f"epoch {meta['epoch']}" + (f" {within}" if within else "")
     return (f"resumed from {at} (step {manifest['step']}, written by {manifest['ranks']} "
             f"rank(s) with {manifest['technique']}): {path}")
+
+
+def restore(ps, path: Path, notes: list[str], description, *, comm, say) -> tuple[dict, list]:
+    """Collective: load the checkpoint at ``path`` into ``ps`` and say so (the line from
+    ``description(manifest, path)``, then each note on config fields that differ).
+    Returns (its meta, the metrics history up to its epoch)."""
+    manifest = jaxps.load_checkpoint(ps, path, comm=comm)
+    meta = manifest["meta"]
+    say(description(manifest, path), flush=True)
+    for note in notes:
+        say(f"note: differs from the checkpoint: {note}", flush=True)
+    return meta, [h for h in meta["history"] if h["epoch"] <= meta["epoch"]]

@@ -35,6 +35,7 @@ from jaxps import Batch, SparseTrainer, index_batch, row_adagrad
 from train.common import outputs
 from train.common.interrupt import StopRequest
 from train.common.launch import ps_options
+from train.common.resume import restore
 from train.common.stats import global_stats
 from train.kge import synthetic
 from train.kge.config import KgeConfig
@@ -405,14 +406,9 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
         with ParameterServer(tables, technique=technique_for(config, dataset), comm=comm,
                              **ps_options(config.peer_timeout)) as ps:
             if resume_from is not None:
-                manifest = jaxps.load_checkpoint(ps, resume_from, comm=comm)
-                meta = manifest["meta"]
-                history = [h for h in meta["history"] if h["epoch"] <= meta["epoch"]]
+                meta, history = restore(ps, resume_from, notes, describe, comm=comm, say=say)
                 prior_seconds = float(meta.get("seconds", 0.0))
                 first, start = meta["epoch"] + 1, int(meta.get("position", 0))
-                say(describe(manifest, resume_from), flush=True)
-                for note in notes:
-                    say(f"note: differs from the checkpoint: {note}", flush=True)
                 if out is not None and rank == 0:
                     outputs.write_jsonl(out / "metrics.jsonl", history)
             trainer = SparseTrainer(ps, make_loss(model, config), optimizers,

@@ -31,6 +31,7 @@ from models import mf
 from train.common import outputs
 from train.common.interrupt import StopRequest
 from train.common.launch import ps_options
+from train.common.resume import restore
 from train.common.stats import global_stats
 from train.mf import export, resume, schedules
 from train.mf.config import MfConfig, parse_fractions, parse_range
@@ -230,16 +231,12 @@ def run(config: MfConfig, comm: MPI.Comm | None = None) -> dict:
         with ParameterServer(tables, technique=technique_for(config, dataset), comm=comm,
                              **ps_options(config.peer_timeout)) as ps:
             if resume_from is not None:
-                manifest = jaxps.load_checkpoint(ps, resume_from, comm=comm)
-                meta = manifest["meta"]
-                history = [h for h in meta["history"] if h["epoch"] <= meta["epoch"]]
+                meta, history = restore(ps, resume_from, notes, resume.describe, comm=comm,
+                                        say=say)
                 prior_seconds = float(meta.get("seconds", 0.0))
                 prior_train = float(meta.get("train_seconds", 0.0))
                 first = meta["epoch"] + 1
                 position, first_sub, restart = resume.start_within(meta, config, size)
-                say(resume.describe(manifest, resume_from), flush=True)
-                for note in notes:
-                    say(f"note: differs from the checkpoint: {note}", flush=True)
                 if restart:
                     say(f"note: {restart}", flush=True)
                 if rank == 0:
