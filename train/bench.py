@@ -607,7 +607,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=None,
                    help="warm up until this many consecutive steps compiled nothing (at most "
                         f"{WARMUP_CAP}x as many steps); default 20, quick 10")
-    p.add_argument("--lookahead", type=int, default=2, help="intents this many batches ahead (the trainer's default)")
+    p.add_argument("--lookahead", type=int, default=8, help="intents this many batches ahead (the trainer's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds per mpiexec job before it is killed (default 900; quick 240)")

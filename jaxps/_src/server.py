@@ -72,7 +72,7 @@ class ParameterServer:
 
     def __init__(self, tables: Mapping[str, TableSpec], *, technique="relocation",
                  comm: MPI.Comm | None = None, check_finite: bool = True,
-                 staleness_bound: int = 2, abort_on_error: bool = True,
+                 staleness_bound: int = 8, abort_on_error: bool = True,
                  peer_timeout: float | None = 60.0):
         if not isinstance(tables, Mapping) or not tables:
             raise InputError("tables must be a non-empty dict of name -> jaxps.TableSpec")
@@ -96,6 +96,10 @@ class ParameterServer:
         if not isinstance(staleness_bound, int) or staleness_bound < 1:
             raise InputError(f"staleness_bound must be an int >= 1, got {staleness_bound!r}")
         self._staleness_bound = staleness_bound
+        # Rounds start every half bound, at multiples of it (where the adaptive technique
+        # acts, so its requests and the round leave in one envelope per owner): a round
+        # answered within half the bound keeps replicas within it without waiting.
+        self._sync_every = max(1, staleness_bound // 2)
         if peer_timeout is not None and not (isinstance(peer_timeout, (int, float))
                                              and math.isfinite(peer_timeout) and peer_timeout > 0):
             raise InputError(f"peer_timeout must be a number of seconds > 0 or None, got "
@@ -384,9 +388,9 @@ class ParameterServer:
                     t.sync = None
                 stale = self._clock - self._fresh_as_of[t.index]
                 due = (force or stale >= self._staleness_bound
-                       or self._clock - self._sync_started[t.index] >= self._staleness_bound)
+                       or self._clock - self._sync_started[t.index] >= self._sync_every)
                 if t.sync is None and due:
-                    self._sync_started[t.index] = self._clock
+                    self._sync_started[t.index] = self._clock - self._clock % self._sync_every
                     t.sync = self._engine.start_sync(t)
                     if t.sync is None:  # no replicas of this table: nothing is stale
                         self._fresh_as_of[t.index] = self._clock

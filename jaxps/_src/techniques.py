@@ -265,14 +265,15 @@ class Adaptive(Technique):
     relocates = True
     replicates = True
 
-    def __init__(self, grace: int = 4, drop_every: int = 4):
-        for name, value in (("grace", grace), ("drop_every", drop_every)):
-            if not isinstance(value, int) or value < (1 if name == "drop_every" else 0):
-                raise InputError(f"Adaptive: {name} must be an int >= "
-                                 f"{1 if name == 'drop_every' else 0}, got {value!r}")
+    def __init__(self, grace: int = 4, drop_every: int = 4, act_every: int = 4):
+        for name, value in (("grace", grace), ("drop_every", drop_every),
+                            ("act_every", act_every)):
+            low = 0 if name == "grace" else 1
+            if not isinstance(value, int) or value < low:
+                raise InputError(f"Adaptive: {name} must be an int >= {low}, got {value!r}")
         self._book = _IntentBook()
         self.timer = ActionTimer()
-        self.grace, self.drop_every = grace, drop_every
+        self.grace, self.drop_every, self.act_every = grace, drop_every, act_every
 
     def setup(self, ps):
         for t in ps._engine.tables:
@@ -283,14 +284,17 @@ class Adaptive(Technique):
     def _on_ack(self, ps):
         if self._retry:  # requests held back for writes in flight: maybe free now
             self._retry = False
-            self._act(ps, ps.clock)
+            self._act(ps, ps.clock, self._next_act(ps.clock) - ps.clock)
 
     def localize(self, ps, t, keys):
         return ps._engine.localize(t, keys)
 
     def on_intent(self, ps, t, keys, start, end):
         self._book.add(t, keys, start, end)
-        self._act(ps, ps.clock)
+        # Only what the next acting clock would be too late for: the rest goes out then,
+        # with everything else of that clock, in one envelope per owner.
+        if start <= self._next_act(ps.clock):
+            self._act(ps, ps.clock, self._next_act(ps.clock) - ps.clock)
 
     def on_clock(self, ps, clock):
         self.timer.tick()
@@ -302,11 +306,18 @@ class Adaptive(Technique):
             expired = keys[t.intent_end[keys] + self.grace <= clock]
             if len(expired):
                 eng.drop(t, expired)
-        self._act(ps, clock)
+        if clock % self.act_every == 0:
+            # Until the next acting clock nothing more is requested: act now on every intent
+            # that starts before the horizon would pass then.
+            self._act(ps, clock, self.timer.horizon() + self.act_every - 1)
 
-    def _act(self, ps, clock):
+    def _next_act(self, clock: int) -> int:
+        """The next clock after ``clock`` at which ``on_clock`` acts."""
+        return (clock // self.act_every + 1) * self.act_every
+
+    def _act(self, ps, clock, horizon):
         eng = ps._engine
-        due = self._book.pop_due(clock, self.timer.horizon())
+        due = self._book.pop_due(clock, horizon)
         for index, keys, end in due:
             # Only intents due now count as this rank's use of a key: for the owner's
             # decisions (replicate rather than hand over) and for keeping replicas. An

@@ -161,7 +161,7 @@ class SparseTrainer:
     """
 
     def __init__(self, ps, loss_fn: Callable, optimizers: Mapping[str, RowOptimizer], *,
-                 lookahead: int = 2, prefetch: int = 4, min_bucket: int = 64,
+                 lookahead: int = 8, prefetch: int = 4, min_bucket: int = 64,
                  max_keys: Mapping[str, int] | None = None):
         if not optimizers:
             raise InputError("SparseTrainer: optimizers must map at least one table to a "

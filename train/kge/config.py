@@ -66,7 +66,7 @@ class KgeConfig:
     init_scale: float = _opt(0.1, "standard deviation of the normal initial embeddings", low=0,
                              low_open=True)
     technique: str = _opt("adaptive", "parameter management technique of the PS (adaptive: no tuning)", TECHNIQUES)
-    lookahead: int = _opt(2, "signal intent this many batches ahead (0: no intents)", low=0,
+    lookahead: int = _opt(8, "signal intent this many batches ahead (0: no intents)", low=0,
                           high=64)
     seed: int = _opt(0, "seed of initialization, shuffling and negative sampling", low=0,
                      high=2**32 - 1)

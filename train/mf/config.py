@@ -90,7 +90,7 @@ class MfConfig:
                          "N x N blocks, in sub-epoch s rank r trains block (r, (r+s) mod N) "
                          "after localizing that column block", SCHEDULES)
     technique: str = _opt("adaptive", "parameter management technique of the PS", TECHNIQUES)
-    lookahead: int = _opt(2, "signal intent this many batches ahead (0: no intents)", low=0,
+    lookahead: int = _opt(8, "signal intent this many batches ahead (0: no intents)", low=0,
                           high=64)
     seed: int = _opt(0, "seed of initialization, splits and shuffling", low=0, high=2**32 - 1)
     out: str = _opt("", "output folder: metrics.jsonl, summary.json, checkpoints/, factors; "
