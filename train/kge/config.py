@@ -35,9 +35,12 @@ class KgeConfig:
     regularization (FB15k-237: --reg 0.05; see README).
     """
 
-    data: str = _opt("", "dataset folder (train.txt, valid.txt, test.txt) or a registered name "
-                     "such as umls or fb15k-237; empty: a small synthetic graph, generated once "
-                     "into a cache folder")
+    data: str = _opt("", "dataset folder (train.txt, valid.txt, test.txt; a path such as "
+                     "./umls is always a folder) or a registered name such as umls or fb15k-237 "
+                     "(python -m train.kge.datasets list); empty: a small synthetic graph, "
+                     "generated once into a cache folder")
+    download: bool = _opt(False, "with a registered --data name: download it first if it is "
+                          "not there ($JAXPS_DATA, else the user cache folder)")
     model: str = _opt("complex", "KGE model", tuple(sorted(models.MODELS)))
     dim: int = _opt(256, "embedding size (real numbers per entity row; ComplEx: dim/2 complex)",
                    low=1)

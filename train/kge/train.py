@@ -58,8 +58,8 @@ def load(config: KgeConfig, comm: MPI.Comm) -> KgeDataset:
     deterministic in its seed, so their copies are identical.
     """
     if config.data:
-        from train.kge.datasets import resolve
-        return load_dataset(resolve(config.data))
+        from train.kge.datasets import resolve_on_ranks
+        return load_dataset(resolve_on_ranks(config.data, download=config.download, comm=comm))
     n, r, m = config.synthetic_entities, config.synthetic_relations, config.synthetic_triples
     # The cluster count is part of the name: graphs cached before its default changed differ.
     k = synthetic.default_num_clusters(n)
