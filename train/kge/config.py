@@ -17,6 +17,7 @@ OPTIMIZERS = ("adagrad", "adam")
 SAMPLINGS = ("uniform", "local")
 LOSSES = ("ce", "bce", "margin")
 REGULARIZERS = ("n3", "l2")
+FILTERS = ("all", "train", "none")  # train/kge/evaluate.py FILTER_SPLITS
 
 
 RESUME_MODES = ("", "latest", "auto")
@@ -86,12 +87,16 @@ class KgeConfig:
                                "is stopped, hung or its host is gone (0: wait forever)", low=0)
     eval_every: int = _opt(5, "evaluate on valid every N epochs (0: only at the end)", low=0)
     max_eval: int = _opt(2000, "evaluate at most this many valid/test triples (0: all)", low=0)
+    filter: str = _opt("all", "ranking filter: all: known train+valid+test triples are not "
+                       "ranked (the standard filtered metrics); train: only train triples; "
+                       "none: raw (unfiltered) ranks", FILTERS)
     eval_batch_size: int = _opt(256, "queries per evaluation step", low=1)
     synthetic_entities: int = _opt(2000, "entities of the generated graph (without --data)",
                                    low=2)
     synthetic_relations: int = _opt(40, "relations of the generated graph", low=1)
     synthetic_triples: int = _opt(80000, "triples of the generated graph (all splits)", low=1)
-    progress: bool = _opt(True, "show a progress bar on rank 0")
+    progress: bool = _opt(True, "progress within each epoch on rank 0: a bar on a terminal, "
+                          "else a plain line every 10%% of the epoch")
 
     def __post_init__(self):
         object.__setattr__(self, "resume", resume_value(self.resume))
