@@ -67,6 +67,9 @@ class KgeConfig:
                       "and the generated ones want about 0.05)", low=0)
     reg_type: str = _opt("n3", "n3: weighted nuclear 3-norm (Lacroix et al. 2018); l2: squared "
                          "L2, both on the rows of the batch's positive triples", REGULARIZERS)
+    init_embeddings: str = _opt("", "start from the embeddings a finished run exported into "
+                                "this folder (its --out; rows matched by name, widths checked "
+                                "against --model/--dim; ignored when resuming)")
     init_scale: float = _opt(0.1, "standard deviation of the normal initial embeddings", low=0,
                              low_open=True)
     technique: str = _opt("adaptive", "parameter management technique of the PS (adaptive: no tuning)", TECHNIQUES)

@@ -40,7 +40,7 @@ from train.common.stats import global_stats
 from train.kge import synthetic
 from train.kge.config import KgeConfig
 from train.kge.data import KgeDataset, load_dataset, user_cache_dir
-from train.kge import report
+from train.kge import init_embeddings, report
 from train.kge.evaluate import Scorers, build_filter, evaluate, filter_sets, reciprocal_scorers
 from train.kge.progress import EpochProgress
 from train.kge.relation_types import relation_types, type_counts
@@ -388,6 +388,9 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
     if out is not None:
         jaxps.run_on_root(lambda: outputs.check_out_dir(out, _out_bytes(tables, widths)),
                           comm=comm)
+    init_rows = None if not config.init_embeddings else init_embeddings.prepare(
+        config.init_embeddings, dataset, widths, reciprocal=config.reciprocal,
+        how=f"--model {config.model} --dim {config.dim}", comm=comm)
     resume_from, manifest, notes = None, None, []
     if out is not None:
         def find():
@@ -422,6 +425,9 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
                 first, start = meta["epoch"] + 1, int(meta.get("position", 0))
                 if out is not None and rank == 0:
                     outputs.write_jsonl(out / "metrics.jsonl", history)
+            elif config.init_embeddings:
+                init_embeddings.apply(ps, init_rows, widths)
+                say(f"embeddings initialized from {config.init_embeddings}")
             trainer = SparseTrainer(ps, make_loss(model, config), optimizers,
                                     lookahead=config.lookahead,
                                     max_keys=max_keys(config, dataset))
