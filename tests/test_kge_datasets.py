@@ -179,3 +179,33 @@ def test_data_nonexistent_folder_says_so():
     assert res.returncode != 0
     assert "--data ./nonexistent: no such folder" in res.stderr
     assert "not downloaded" not in res.stderr and "registered" not in res.stderr
+
+
+PROGRAM = REPO / "tests" / "mpi_programs" / "fetch_on_ranks.py"
+
+
+@pytest.mark.parametrize("per_rank", [False, True], ids=["shared-home", "home-per-rank"])
+def test_download_on_two_ranks(server, tmp_path, per_rank):
+    from tests.conftest import mpirun
+
+    root, url = server
+    make_archive(root, "tiny")
+    home = tmp_path / "home"
+    res = mpirun(2, [str(PROGRAM), url + "tiny.tar.gz", str(home),
+                     *(["--per-rank"] if per_rank else [])], timeout=120)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    folders = {r: home / (f"rank{r}" if per_rank else "") / "tiny" for r in (0, 1)}
+    assert all(f"rank {r}: {folders[r]}" in res.stdout for r in (0, 1)), res.stdout
+    assert all((f / "train.txt").is_file() for f in folders.values())
+    # Shared: rank 1 finds rank 0's copy and downloads nothing; per rank: each fetches its own.
+    assert res.stderr.count("Tiny: downloading") == (2 if per_rank else 1), res.stderr
+
+
+def test_download_failure_on_two_ranks_ends_the_job_within_seconds(tmp_path):
+    from tests.conftest import mpirun
+
+    t0 = time.perf_counter()
+    res = mpirun(2, [str(PROGRAM), f"http://127.0.0.1:{closed_port()}/x.tar.gz",
+                     str(tmp_path / "home")], timeout=60)
+    assert res.returncode != 0 and time.perf_counter() - t0 < 30
+    assert "could not download Tiny" in res.stderr and "Connection refused" in res.stderr
