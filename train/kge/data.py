@@ -28,9 +28,9 @@ there is no Python loop per line (Wikidata5M's 21M lines stay feasible in time a
 
 Cache: the triples and id lists are stored as ``<name>-<key>.npz`` in ``parsed/`` of the user
 cache folder (`user_cache_dir`), never beside the user's data; key hashes the content of each
-split file (sha256, about 30 ms for FB15k-237's 23 MB), its split name and the cache format
-version, so a changed file gets a new cache and two copies of a dataset share one. An unreadable
-cache file is ignored and rewritten.
+split file (sha256), its split name and the cache format version, so a changed file gets a new
+cache and two copies of a dataset share one (FB15k-237, 23 MB: 0.03 s from the cache, hashing
+included, against 0.4 s to parse). An unreadable cache file is ignored and rewritten.
 """
 
 import hashlib
