@@ -1,8 +1,6 @@
 """KGE data layer: text loading and its errors, the cache, the dataset registry, synthetic graphs."""
 
 import hashlib
-import os
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -185,19 +183,19 @@ def test_cache_false_parses_and_writes_nothing(tmp_path, parse_calls):
     assert len(parse_calls) == 2 and sorted(p.name for p in folder.iterdir()) == ["train.txt"]
 
 
-def test_cache_goes_next_to_data_or_to_user_cache_when_read_only(tmp_path, monkeypatch):
+def test_cache_lives_in_the_user_cache_keyed_by_content(tmp_path, monkeypatch, parse_calls):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     folder = _write(tmp_path / "kg", train="a\tr\tb\n")
-    assert load_dataset(folder).cache_path.parent == folder / ".jaxps-cache"
-    readonly = _write(tmp_path / "ro", train="a\tr\tb\n")
-    readonly.chmod(0o555)
-    try:
-        ds = load_dataset(readonly)
-        assert ds.cache_path.parent == tmp_path / "xdg" / "jaxps" and ds.cache_path.name.startswith("ro-")
-        assert load_dataset(readonly).from_cache
-        assert sorted(p.name for p in readonly.iterdir()) == ["train.txt"]
-    finally:
-        readonly.chmod(0o755)
+    ds = load_dataset(folder)
+    assert ds.cache_path.parent == tmp_path / "xdg" / "jaxps" / "parsed"
+    assert ds.cache_path.name.startswith("kg-") and ds.folder == folder
+    assert sorted(p.name for p in folder.iterdir()) == ["train.txt"]  # nothing beside the data
+    copy = _write(tmp_path / "elsewhere" / "kg", train="a\tr\tb\n")
+    again = load_dataset(copy)  # the same bytes in another folder: the same cache file
+    assert again.from_cache and again.cache_path == ds.cache_path and again.folder == copy
+    assert len(parse_calls) == 1
+    (copy / "train.txt").write_text("a\tr\tc\n")  # same size: a content key tells them apart
+    assert not load_dataset(copy).from_cache and len(parse_calls) == 2
 
 
 def test_unreadable_cache_is_rebuilt(tmp_path):
@@ -225,81 +223,40 @@ def test_registry_entries_are_complete():
         datasets.get("nope")
 
 
-def test_resolve_folder_env_and_not_found(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+def test_resolve_paths_names_and_not_found(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXPS_DATA", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    assert datasets.data_home() == tmp_path / "data"
     assert datasets.resolve(tmp_path) == tmp_path
-    with pytest.raises(DataError, match=r"YAGO3-10 not found in .*data/yago3-10.*--data FOLDER"):
+    with pytest.raises(DataError, match=r"--data ./nonexistent: no such folder; pass a folder"):
+        datasets.resolve("./nonexistent")
+    with pytest.raises(DataError, match=r"--data nonexistent: no such folder, and not a "
+                                        r"registered dataset name \(known: fb15k-237"):
+        datasets.resolve("nonexistent")
+    with pytest.raises(DataError, match=r"YAGO3-10 is not downloaded \(looked in .*shared/data/"
+                                        r"yago3-10, .*data/yago3-10\); add --download .*fetch "
+                                        r"yago3-10"):
         datasets.resolve("YAGO3-10")
+    # A folder in the working folder named like a dataset is not taken for it (./yago3-10 is).
+    local = _write(tmp_path / "yago3-10", train="x\tr\ty\n")
+    with pytest.raises(DataError, match=r"a folder ./yago3-10 exists here: pass --data ./yago3-10"):
+        datasets.resolve("yago3-10")
+    assert datasets.resolve("./yago3-10") == Path("./yago3-10")
     folder = _write(tmp_path / "data" / "yago3-10", train="a\tr\tb\n")
-    assert datasets.resolve("yago3-10") == folder
-    with pytest.raises(DataError, match="unknown dataset"):
-        datasets.resolve(tmp_path / "not-a-folder")
+    assert datasets.resolve("yago3-10") == folder != local
+    _write(tmp_path / "mykg", train="a\tr\tb\n")  # an unregistered bare word: the folder
+    assert datasets.resolve("mykg") == Path("mykg")
 
 
-def test_download_offline_gives_a_clear_error(tmp_path):
-    info = datasets.DatasetInfo("Offline", ("http://127.0.0.1:9/x.tar.gz",), 2, 1, (1, 0, 0))
-    with pytest.raises(datasets.DownloadError) as err:
-        datasets.download(info, tmp_path, timeout=5)
-    message = str(err.value)
-    assert message.startswith("could not download Offline from http://127.0.0.1:9/x.tar.gz (")
-    assert "download it by hand" in message and "--data FOLDER" in message
-    assert not any((tmp_path / "offline").iterdir())
-
-
-def _archive(tmp_path: Path, names: dict[str, str]) -> Path:
-    src = _write(tmp_path / "src", train="a\tr\tb\nb\tr\tc\n", valid="a\tr\tc\n", test="c\tr\ta\n")
-    archive = tmp_path / "kg.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for split, member in names.items():
-            tar.add(src / f"{split}.txt", arcname=member)
-        tar.add(src / "train.txt", arcname="pkg/README")
-    return archive
+def test_user_cache_follows_the_platform_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("JAXPS_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data.user_cache_dir() == tmp_path / "xdg" / "jaxps"
+    assert datasets.data_home() == tmp_path / "xdg" / "jaxps" / "datasets"
 
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.mark.parametrize("names", [
-    {"train": "pkg/train.txt", "valid": "pkg/valid.txt", "test": "pkg/test.txt"},
-    {"train": "kg_transductive_train.txt", "valid": "kg_transductive_valid.txt",
-     "test": "kg_transductive_test.txt"},
-])
-def test_download_extracts_and_verifies_an_archive(tmp_path, names):
-    archive = _archive(tmp_path, names)
-    info = datasets.DatasetInfo("Tiny", (archive.as_uri(),), 3, 1, (2, 1, 1), sha256=_sha(archive),
-                                file_sha256={"train": _sha(tmp_path / "src" / "train.txt")})
-    folder = datasets.download(info, tmp_path / "out")
-    assert folder == tmp_path / "out" / "tiny"
-    assert sorted(p.name for p in folder.iterdir()) == ["test.txt", "train.txt", "valid.txt"]
-    ds = load_dataset(folder, cache=False)
-    assert (ds.num_entities, ds.num_relations) == (3, 1)
-    assert tuple(len(ds.splits[s]) for s in data.SPLITS) == info.num_triples
-
-
-def test_download_checks_sums_and_falls_back_to_mirrors(tmp_path):
-    archive = _archive(tmp_path, {"train": "train.txt", "test": "test.txt"})
-    bad = datasets.DatasetInfo("Tiny", (archive.as_uri(),), 3, 1, (2, 0, 1), sha256="0" * 64)
-    with pytest.raises(DataError, match="sha256 .*expected 0000"):
-        datasets.download(bad, tmp_path / "out")
-    bad_file = datasets.DatasetInfo("Tiny", (archive.as_uri(),), 3, 1, (2, 0, 1),
-                                    file_sha256={"test": "1" * 64})
-    with pytest.raises(DataError, match="test.txt has sha256"):
-        datasets.download(bad_file, tmp_path / "out2")
-    assert not (tmp_path / "out2" / "tiny" / "test.txt").exists()
-    mirrored = datasets.DatasetInfo("Tiny", ("http://127.0.0.1:9/x.tar.gz", archive.as_uri()), 3, 1,
-                                    (2, 0, 1), sha256="0" * 64)  # the sum is of urls[0]'s archive
-    folder = datasets.download(mirrored, tmp_path / "out3")
-    assert sorted(p.name for p in folder.iterdir()) == ["test.txt", "train.txt"]
-
-
-def test_download_a_folder_of_raw_files(tmp_path):
-    src = _write(tmp_path / "src", train="a\tr\tb\n", valid="a\tr\tc\n", test="c\tr\ta\n")
-    info = datasets.DatasetInfo("Raw", (src.as_uri() + "/",), 3, 1, (1, 1, 1))
-    folder = datasets.download(info, tmp_path / "out")
-    assert all((folder / f"{s}.txt").read_bytes() == (src / f"{s}.txt").read_bytes()
-               for s in data.SPLITS)
 
 
 # ---- the real datasets (../shared/data) ---------------------------------------------------------

@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 
 import mpi_eval_check as check  # tests/ is on sys.path, as for conftest
 from conftest import mpirun
-from train.kge.evaluate import build_filter, count_unseen, evaluate, reciprocal_scorers
+from train.kge.evaluate import (build_filter, count_unseen, describe_filter, evaluate,
+                                filter_sets, reciprocal_scorers)
+from train.kge.relation_types import relation_types, type_averages, type_counts
 
 _CHECK_SCRIPT = Path(check.__file__).resolve()
 
@@ -172,10 +174,32 @@ def test_multi_rank_result_is_bitwise_equal(ranks):
     assert distributed == local
 
 
-def test_filter_must_contain_evaluated_triples():
-    with pytest.raises(ValueError, match=r"triples\[1\] = \[2, 0, 4\] is not in filter_index"):
-        evaluate_table(filter_index=build_filter(TRAIN, TEST[[0, 2]], num_entities=6,
-                                                 num_relations=1))
+# Unfiltered (an empty filter): every other candidate counts. By hand from TABLE, as above:
+# tails (0,0,?) answer 1 (3): 0, 2, 5 higher, 3, 4 tie -> 3 + 1 + 1; (2,0,?) as filtered; (4,0,?)
+# as filtered. heads (?,0,1) answer 0 (3): 3 (8) higher, 2 ties -> 3; (?,0,4) as filtered;
+# (?,0,1) answer 4 (NaN): all five others higher -> 6.
+RAW_TAIL, RAW_HEAD = [5, 4, 6], [3, 3, 6]
+# Filtered with train only: (0,0,5) and (3,0,1) drop out; the test triples count again.
+TRAIN_TAIL, TRAIN_HEAD = [4, 4, 6], [2, 3, 5]
+
+
+@pytest.mark.parametrize("mode,tail,head", [("all", EXPECTED_TAIL, EXPECTED_HEAD),
+                                            ("train", TRAIN_TAIL, TRAIN_HEAD),
+                                            ("none", RAW_TAIL, RAW_HEAD)])
+def test_filter_modes_by_hand(mode, tail, head):
+    splits = {"train": TRAIN, "test": TEST}
+    index = build_filter(*filter_sets(splits, mode), num_entities=6, num_relations=1)
+    result = evaluate_table(filter_index=index)
+    assert result["per_triple_ranks"]["tail"].tolist() == tail
+    assert result["per_triple_ranks"]["head"].tolist() == head
+
+
+def test_the_answer_never_counts_against_itself():
+    # The filter need not hold the evaluated triples: (2, 0, 4) ranks the same without it.
+    without = evaluate_table(filter_index=build_filter(TRAIN, TEST[[0, 2]], num_entities=6,
+                                                       num_relations=1))
+    assert without["per_triple_ranks"]["tail"].tolist() == EXPECTED_TAIL
+    assert without["per_triple_ranks"]["head"][1] == EXPECTED_HEAD[1]
 
 
 def test_input_errors_say_how_to_fix():
@@ -246,3 +270,107 @@ def _benchmark() -> None:
 
 if __name__ == "__main__":
     _benchmark()
+
+
+# ----- relation types and per-type metrics ---------------------------------------------------
+def test_relation_types_of_a_tiny_graph_by_hand():
+    train = np.array([
+        [0, 0, 1], [1, 0, 2], [2, 0, 3],               # r0: a chain: 1 tail per head, 1 head per tail
+        [0, 1, 1], [0, 1, 2], [0, 1, 3], [4, 1, 5],    # r1: 0 has 3 tails: tph 4/2 = 2, hpt 1
+        [1, 2, 0], [2, 2, 0], [3, 2, 0], [3, 2, 0],    # r2: 3 heads -> 0 (a duplicate line): hpt 3
+        [0, 3, 1], [0, 3, 2], [1, 3, 1], [1, 3, 2],    # r3: 2 x 2: tph 2, hpt 2
+        [0, 4, 1], [0, 4, 2], [3, 4, 4], [5, 4, 0],    # r4: tph 4/3 < 1.5, hpt 1: 1-1
+        [0, 5, 1], [0, 5, 2], [3, 5, 4], [3, 5, 5],    # r5: tph 4/2 = 2; hpt 1 -> 1-N
+        [0, 6, 1], [0, 6, 2], [3, 6, 4],               # r6: tph 3/2 = 1.5 exactly: not > 1.5
+    ])
+    tph, hpt = type_averages(train, 8)
+    np.testing.assert_allclose(tph[:7], [1, 2, 1, 2, 4 / 3, 2, 1.5])
+    np.testing.assert_allclose(hpt[:7], [1, 1, 3, 2, 1, 1, 1])
+    assert np.isnan(tph[7]) and np.isnan(hpt[7])  # r7 has no training triple
+    types = relation_types(train, 8)
+    assert types.tolist() == ["1-1", "1-N", "N-1", "N-N", "1-1", "1-N", "1-1", "none"]
+    assert type_counts(types) == {"1-1": 3, "1-N": 2, "N-1": 1, "N-N": 1, "none": 1}
+
+
+def _complex_problem(seed=4, n=40, r=5):
+    """A fixed random ComplEx model and a graph; test triples drawn from the known ones."""
+    rng = np.random.default_rng(seed)
+    known = np.unique(np.stack([rng.integers(0, n, 400), rng.integers(0, r, 400),
+                                rng.integers(0, n, 400)], axis=1), axis=0)
+    pick = rng.permutation(len(known))
+    return {"E": rng.normal(size=(n, 8)).astype(np.float32),
+            "R": rng.normal(size=(r, 8)).astype(np.float32),
+            "train": known[pick[60:]], "test": known[pick[:60]], "n": n, "r": r}
+
+
+def _numpy_complex_ranks(P, filter_triples):
+    """Ranks from plain numpy: ComplEx scores in float64, a Python set as the filter."""
+    E, R = P["E"].astype(np.float64), P["R"].astype(np.float64)
+    Ec = E[:, :4] + 1j * E[:, 4:]
+    Rc = R[:, :4] + 1j * R[:, 4:]
+    known = set(map(tuple, filter_triples.tolist()))
+    head, tail = [], []
+    for s, p, o in P["test"].tolist():
+        tails = np.real((Ec[s] * Rc[p]) @ np.conj(Ec).T)
+        heads = np.real((Ec * Rc[p]) @ np.conj(Ec[o]))
+        for scores, answer, out, is_known in [
+            (tails, o, tail, lambda c: (s, p, c) in known),
+            (heads, s, head, lambda c: (c, p, o) in known),
+        ]:
+            others = [c for c in range(P["n"]) if c != answer and not is_known(c)]
+            higher = sum(scores[c] > scores[answer] + 1e-9 for c in others)
+            ties = sum(abs(scores[c] - scores[answer]) <= 1e-9 for c in others)
+            out.append(int(higher + (ties + 1) // 2 + 1))
+    return np.array(head), np.array(tail)
+
+
+def _evaluate_complex(P, mode):
+    import models
+
+    model = models.get_model("complex")
+    splits = {"train": P["train"], "test": P["test"]}
+    return evaluate(P["test"], filter_index=build_filter(*filter_sets(splits, mode),
+                                                         num_entities=P["n"], num_relations=P["r"]),
+                    entity_rows=lambda a, b: P["E"][a:b], relation_rows=lambda ids: P["R"][ids],
+                    score_sp_=model.score_sp_, score__po=model.score__po, batch_size=16,
+                    chunk_size=16, return_ranks=True,
+                    relation_groups=relation_types(P["train"], P["r"]))
+
+
+def test_unfiltered_ranks_are_never_better_than_filtered():
+    P = _complex_problem()
+    ranks = {m: _evaluate_complex(P, m)["per_triple_ranks"] for m in ("none", "train", "all")}
+    for d in ("head", "tail"):
+        assert (ranks["none"][d] >= ranks["train"][d]).all()
+        assert (ranks["train"][d] >= ranks["all"][d]).all()
+        assert (ranks["none"][d] > ranks["all"][d]).any()  # the filter matters on this graph
+
+
+@pytest.mark.parametrize("mode", ["none", "all"])
+def test_metrics_per_type_and_direction_rescored_with_numpy(mode):
+    P = _complex_problem()
+    result = _evaluate_complex(P, mode)
+    known = np.concatenate([P["train"], P["test"]]) if mode == "all" else P["train"][:0]
+    head, tail = _numpy_complex_ranks(P, known)
+    assert result["per_triple_ranks"]["head"].tolist() == head.tolist()
+    assert result["per_triple_ranks"]["tail"].tolist() == tail.tolist()
+    types = relation_types(P["train"], P["r"])[P["test"][:, 1]]
+    assert set(result["by_relation_type"]) == set(types.tolist())
+    for kind, m in result["by_relation_type"].items():
+        mask = types == kind
+        both = np.concatenate([head[mask], tail[mask]])
+        assert m["num_triples"] == mask.sum()
+        assert m["mrr"] == pytest.approx(np.mean(1 / both), abs=1e-6)
+        assert m["hits@10"] == pytest.approx(np.mean(both <= 10), abs=1e-6)
+        assert m["head"]["mrr"] == pytest.approx(np.mean(1 / head[mask]), abs=1e-6)
+        assert m["tail"]["mr"] == pytest.approx(np.mean(tail[mask]), abs=1e-6)
+    assert result["head"]["mrr"] == pytest.approx(np.mean(1 / head), abs=1e-6)
+    assert result["tail"]["hits@1"] == pytest.approx(np.mean(tail <= 1), abs=1e-6)
+
+
+def test_describe_filter():
+    assert describe_filter("all") == "filtered against train+valid+test"
+    assert describe_filter("train") == "filtered against train"
+    assert describe_filter("none") == "unfiltered (raw ranks)"
+    with pytest.raises(ValueError, match="unknown filter 'x'; valid: all, train, none"):
+        filter_sets({}, "x")

@@ -17,6 +17,7 @@ OPTIMIZERS = ("adagrad", "adam")
 SAMPLINGS = ("uniform", "local")
 LOSSES = ("ce", "bce", "margin")
 REGULARIZERS = ("n3", "l2")
+FILTERS = ("all", "train", "none")  # train/kge/evaluate.py FILTER_SPLITS
 
 
 RESUME_MODES = ("", "latest", "auto")
@@ -35,9 +36,12 @@ class KgeConfig:
     regularization (FB15k-237: --reg 0.05; see README).
     """
 
-    data: str = _opt("", "dataset folder (train.txt, valid.txt, test.txt) or a registered name "
-                     "such as umls or fb15k-237; empty: a small synthetic graph, generated once "
-                     "into a cache folder")
+    data: str = _opt("", "dataset folder (train.txt, valid.txt, test.txt; a path such as "
+                     "./umls is always a folder) or a registered name such as umls or fb15k-237 "
+                     "(python -m train.kge.datasets list); empty: a small synthetic graph, "
+                     "generated once into a cache folder")
+    download: bool = _opt(False, "with a registered --data name: download it first if it is "
+                          "not there ($JAXPS_DATA, else the user cache folder)")
     model: str = _opt("complex", "KGE model", tuple(sorted(models.MODELS)))
     dim: int = _opt(256, "embedding size (real numbers per entity row; ComplEx: dim/2 complex)",
                    low=1)
@@ -63,6 +67,9 @@ class KgeConfig:
                       "and the generated ones want about 0.05)", low=0)
     reg_type: str = _opt("n3", "n3: weighted nuclear 3-norm (Lacroix et al. 2018); l2: squared "
                          "L2, both on the rows of the batch's positive triples", REGULARIZERS)
+    init_embeddings: str = _opt("", "start from the embeddings a finished run exported into "
+                                "this folder (its --out; rows matched by name, widths checked "
+                                "against --model/--dim; ignored when resuming)")
     init_scale: float = _opt(0.1, "standard deviation of the normal initial embeddings", low=0,
                              low_open=True)
     technique: str = _opt("adaptive", "parameter management technique of the PS (adaptive: no tuning)", TECHNIQUES)
@@ -83,12 +90,16 @@ class KgeConfig:
                                "is stopped, hung or its host is gone (0: wait forever)", low=0)
     eval_every: int = _opt(5, "evaluate on valid every N epochs (0: only at the end)", low=0)
     max_eval: int = _opt(2000, "evaluate at most this many valid/test triples (0: all)", low=0)
+    filter: str = _opt("all", "ranking filter: all: known train+valid+test triples are not "
+                       "ranked (the standard filtered metrics); train: only train triples; "
+                       "none: raw (unfiltered) ranks", FILTERS)
     eval_batch_size: int = _opt(256, "queries per evaluation step", low=1)
     synthetic_entities: int = _opt(2000, "entities of the generated graph (without --data)",
                                    low=2)
     synthetic_relations: int = _opt(40, "relations of the generated graph", low=1)
     synthetic_triples: int = _opt(80000, "triples of the generated graph (all splits)", low=1)
-    progress: bool = _opt(True, "show a progress bar on rank 0")
+    progress: bool = _opt(True, "progress within each epoch on rank 0: a bar on a terminal, "
+                          "else a plain line every 10%% of the epoch")
 
     def __post_init__(self):
         object.__setattr__(self, "resume", resume_value(self.resume))

@@ -26,22 +26,24 @@ Parsing works on blocks of about `_CHUNK_BYTES`: structure is checked with numpy
 fields are split by ``str.split`` and mapped to ids through one dict with C-level iteration, so
 there is no Python loop per line (Wikidata5M's 21M lines stay feasible in time and memory).
 
-Cache: the triples and id lists are stored as ``<name>-<key>.npz`` where key hashes the folder's
-absolute path, each split file's name, size and mtime, and the cache format version. It lives in
-``<folder>/.jaxps-cache/`` when the data folder is writable, else in ``~/.cache/jaxps/``
-(``$XDG_CACHE_HOME/jaxps`` when that is set). An unreadable cache file is ignored and rewritten.
+Cache: the triples and id lists are stored as ``<name>-<key>.npz`` in ``parsed/`` of the user
+cache folder (`user_cache_dir`), never beside the user's data; key hashes the content of each
+split file (sha256), its split name and the cache format version, so a changed file gets a new
+cache and two copies of a dataset share one (FB15k-237, 23 MB: 0.03 s from the cache, hashing
+included, against 0.4 s to parse). An unreadable cache file is ignored and rewritten.
 """
 
 import hashlib
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections import defaultdict
 from itertools import count
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+import pooch
 
 SPLITS = ("train", "valid", "test")
 _CACHE_VERSION = 2  # 2: caches parsed before the space/header/empty-split checks are re-read
@@ -71,6 +73,7 @@ class KgeDataset:
       missing_splits: the split files that did not exist, e.g. ("test",).
       cache_path: the cache file read or written; None when loaded with cache=False.
       from_cache: True when the triples came from the cache rather than the text files.
+      folder: the folder the files were read from (None for a dataset built in memory).
     """
 
     name: str
@@ -80,6 +83,7 @@ class KgeDataset:
     missing_splits: tuple[str, ...] = ()
     cache_path: Path | None = None
     from_cache: bool = False
+    folder: Path | None = field(default=None, compare=False)
 
     def __post_init__(self):
         if "train" not in self.splits:
@@ -126,8 +130,7 @@ def load_dataset(folder: str | os.PathLike, *, name: str | None = None, cache: b
         drops that split (recorded in `KgeDataset.missing_splits`).
       name: the dataset's name; default: the folder's name.
       cache: read/write the binary cache; False always parses the text files and writes nothing.
-      cache_dir: where the cache goes; default: ``folder/.jaxps-cache`` when the folder is
-        writable, else ``~/.cache/jaxps``.
+      cache_dir: where the cache goes; default: ``user_cache_dir() / "parsed"``.
 
     Raises:
       DataError: missing folder or train.txt, an empty split file, a header line, a field
@@ -138,9 +141,9 @@ def load_dataset(folder: str | os.PathLike, *, name: str | None = None, cache: b
     name = name or folder.resolve().name
     paths = _split_paths(folder)
     missing = tuple(s for s in SPLITS if s not in paths)
-    cache_path = _cache_file(folder, name, paths, cache_dir) if cache else None
+    cache_path = _cache_file(name, paths, cache_dir) if cache else None
     if cache_path is not None:
-        cached = _read_cache(cache_path, name, missing)
+        cached = _read_cache(cache_path, name, missing, folder)
         if cached is not None:
             return cached
     entities: dict[str, int] = _id_table()
@@ -154,15 +157,18 @@ def load_dataset(folder: str | os.PathLike, *, name: str | None = None, cache: b
         if not len(splits[split]):
             raise DataError(f"{path}: no triples; fill it (head<TAB>relation<TAB>tail per "
                             f"line) or delete it to train without a {split} split")
-    dataset = KgeDataset(name, _names(entities), _names(relations), splits, missing, cache_path)
+    dataset = KgeDataset(name, _names(entities), _names(relations), splits, missing, cache_path,
+                         folder=folder)
     if cache_path is not None:
         _write_cache(cache_path, dataset)
     return dataset
 
 
 def user_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/jaxps``, default ``~/.cache/jaxps``: caches of read-only data, downloads."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jaxps"
+    """The platform's user cache folder for jaxps (``pooch.os_cache``: ``~/.cache/jaxps`` on
+    Linux, ``$XDG_CACHE_HOME/jaxps`` when that is set): parse caches, generated graphs and,
+    unless ``$JAXPS_DATA`` is set, downloaded datasets."""
+    return Path(pooch.os_cache("jaxps"))
 
 
 def _split_paths(folder: Path) -> dict[str, Path]:
@@ -302,27 +308,19 @@ def _names(table: dict[str, int]) -> np.ndarray:
 
 # ---- cache -------------------------------------------------------------------------------------
 
-def _cache_file(folder: Path, name: str, paths: dict[str, Path], cache_dir) -> Path:
-    key = hashlib.sha256(f"v{_CACHE_VERSION}\0{folder.resolve()}".encode())
+def _cache_file(name: str, paths: dict[str, Path], cache_dir) -> Path:
+    key = hashlib.sha256(f"v{_CACHE_VERSION}".encode())
     for split, path in paths.items():
-        st = path.stat()
-        key.update(f"\0{split}:{path.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    if cache_dir is not None:
-        root = Path(cache_dir)
-    elif _writable(folder):
-        root = folder / ".jaxps-cache"
-    else:
-        root = user_cache_dir()
+        key.update(f"\0{split}\0".encode())
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                key.update(chunk)
+    root = Path(cache_dir) if cache_dir is not None else user_cache_dir() / "parsed"
     safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
-    return root / f"{safe}-{key.hexdigest()[:16]}.npz"
+    return root / f"{safe}-{key.hexdigest()[:20]}.npz"
 
 
-def _writable(folder: Path) -> bool:
-    # The mode bits as well as access(): root passes access() on a folder marked read-only.
-    return bool(folder.stat().st_mode & 0o222) and os.access(folder, os.W_OK)
-
-
-def _read_cache(path: Path, name: str, missing: tuple[str, ...]) -> KgeDataset | None:
+def _read_cache(path: Path, name: str, missing: tuple[str, ...], folder: Path) -> KgeDataset | None:
     if not path.is_file():
         return None
     try:
@@ -331,7 +329,7 @@ def _read_cache(path: Path, name: str, missing: tuple[str, ...]) -> KgeDataset |
                 return None
             splits = {s: z[f"split_{s}"] for s in SPLITS if f"split_{s}" in z.files}
             return KgeDataset(name, _unpack(z["entities"]), _unpack(z["relations"]), splits,
-                              missing, path, from_cache=True)
+                              missing, path, from_cache=True, folder=folder)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # DataError too
         return None  # a truncated or foreign file: parse the text again and overwrite it
 

@@ -1,7 +1,14 @@
 """Registry of standard link-prediction benchmarks: where to get them, what they should contain.
 
-`resolve` turns a registry name or a folder into a dataset folder for `data.load_dataset`;
-`download` fetches a registered dataset into ``<dest>/<lowercase name>/{train,valid,test}.txt``.
+``python -m train.kge.datasets list | fetch NAME | path NAME`` is its command line;
+`resolve` turns ``--data`` (a folder or a registered name) into a dataset folder for
+`data.load_dataset`; `fetch` downloads a registered dataset into
+``data_home()/<lowercase name>/{train,valid,test}.txt``.
+
+Where datasets live (`data_home`): ``$JAXPS_DATA`` when set, else ``datasets/`` in the
+platform's user cache folder (``pooch.os_cache("jaxps")``: ``~/.cache/jaxps`` on Linux,
+honouring ``$XDG_CACHE_HOME``). A registered name is looked up in ``../shared/data/<name>``
+beside this checkout first (the project's test copies), then there, whatever the working folder.
 
 URLs: ``urls[0]`` is the primary source (the ConvE repository for FB15k-237, WN18RR, YAGO3-10,
 Kinship, Nations, UMLS, as in ../shared/data; the CoDEx repository; the Wikidata5M project page's
@@ -9,6 +16,7 @@ link), the rest are mirrors tried in order (LibKGE's ``data/download_all.sh`` mi
 University of Mannheim, Zenodo). A URL ending in "/" is a folder of raw ``train.txt`` /
 ``valid.txt`` / ``test.txt``; anything else is a tar archive whose split files are found by
 base name (``train.txt``, or ``*_train.txt`` / ``*-train.txt`` as in Wikidata5M's release).
+Downloads go through ``pooch`` (streamed to a temporary file, checked, then renamed).
 
 Checksums: no source publishes a checksum of its archive, so `DatasetInfo.sha256` is None
 (unknown) for all entries; it is checked whenever it is set. Instead, `file_sha256` holds the
@@ -19,15 +27,20 @@ Counts are of the raw files, all splits together (so FB15k-237 has 14,541 entiti
 28 test triples use an entity absent from train); see each entry's note for the source.
 """
 
+from __future__ import annotations
+
+import argparse
 import hashlib
+import logging
 import os
 import shutil
+import sys
 import tarfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
+
+import pooch
 
 from train.kge.data import SPLITS, DataError, user_cache_dir
 
@@ -136,108 +149,197 @@ def get(name: str) -> DatasetInfo:
     return REGISTRY[key]
 
 
+def is_registered(name: str) -> bool:
+    return _ALIASES.get(name.lower(), name.lower()) in REGISTRY
+
+
+def data_home() -> Path:
+    """Where `fetch` puts datasets: ``$JAXPS_DATA``, else ``<user cache>/datasets``."""
+    return Path(os.environ["JAXPS_DATA"]) if os.environ.get("JAXPS_DATA") else (
+        user_cache_dir() / "datasets")
+
+
 def search_path() -> list[Path]:
-    """Folders searched for ``<lowercase name>/`` by `resolve`, in order."""
-    roots = [Path(p) for p in os.environ.get("JAXPS_DATA", "").split(os.pathsep) if p]
-    repo = Path(__file__).resolve().parents[2]
-    return roots + [repo.parent / "shared" / "data", user_cache_dir() / "datasets"]
+    """Folders searched for ``<lowercase name>/`` by `resolve`, in order: ``../shared/data``
+    beside this checkout, then `data_home`."""
+    checkout = Path(__file__).resolve().parents[2]
+    return [checkout.parent / "shared" / "data", data_home()]
 
 
-def resolve(name_or_path: str | os.PathLike) -> Path:
-    """A dataset folder: an existing folder as is, else a registry name looked up in `search_path`.
+def find(name: str) -> Path | None:
+    """The folder of registered dataset `name` in `search_path`, or None if not downloaded."""
+    info = get(name)
+    for root in search_path():
+        if (root / info.folder / "train.txt").is_file():
+            return root / info.folder
+    return None
+
+
+def _looks_like_path(text: str) -> bool:
+    seps = [os.sep] + ([os.altsep] if os.altsep else [])
+    return any(sep in text for sep in seps) or text.startswith("~") or text in (".", "..")
+
+
+def resolve(name_or_path: str | os.PathLike, *, download: bool = False,
+            timeout: float = 60.0) -> Path:
+    """A dataset folder for ``--data``: a path is taken as a path, a name as a registry name.
+
+    A `Path`, or text with a path separator (``./umls``, ``data/kg``), is a folder and must
+    exist. A bare word is a registered name (so a folder ``umls`` that happens to be in the
+    working folder is not taken for the dataset; pass ``./umls`` for it); an unregistered
+    bare word naming an existing folder is that folder. A registered name is found through
+    `search_path`; with ``download=True`` a missing one is fetched into `data_home`.
 
     Raises:
-      DataError: not a folder and not a registered name, or registered but found nowhere
-        (the message lists where it looked and how to download it).
+      DataError: no such folder; an unknown name; a registered dataset not downloaded
+        (the message says how to get it).
+      DownloadError: ``download=True`` and no URL could be fetched.
     """
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path
-    info = get(str(name_or_path))
-    tried = [root / info.folder for root in search_path()]
-    for folder in tried:
-        if (folder / "train.txt").is_file():
-            return folder
-    raise DataError(f"dataset {info.name} not found in {', '.join(map(str, tried))}; fetch it with "
-                    f"train.kge.datasets.download({info.name!r}) (into {user_cache_dir() / 'datasets'}), "
-                    "set JAXPS_DATA to a folder holding it, or pass --data FOLDER")
+    text = os.fspath(name_or_path)
+    is_path = isinstance(name_or_path, os.PathLike) or _looks_like_path(text) or (
+        not is_registered(text) and Path(text).exists())
+    if is_path:
+        folder = Path(text).expanduser()
+        if not folder.is_dir():
+            what = "is a file, not a folder" if folder.exists() else "no such folder"
+            raise DataError(f"--data {text}: {what}; pass a folder holding train.txt, "
+                            "valid.txt, test.txt (one head<TAB>relation<TAB>tail per line)")
+        return folder
+    if not is_registered(text):
+        raise DataError(f"--data {text}: no such folder, and not a registered dataset name "
+                        f"(known: {', '.join(i.folder for i in _INFOS)}; see python -m "
+                        "train.kge.datasets list); pass a folder holding train.txt, valid.txt, "
+                        "test.txt")
+    if (folder := find(text)) is not None:
+        return folder
+    if download:
+        return fetch(text, timeout=timeout)
+    info = get(text)
+    local = (f"; a folder ./{text} exists here: pass --data ./{text} to use it"
+             if Path(text).is_dir() else "")
+    raise DataError(f"dataset {info.name} is not downloaded (looked in "
+                    f"{', '.join(str(r / info.folder) for r in search_path())}); add --download "
+                    f"to fetch it into {data_home()}, or run python -m train.kge.datasets fetch "
+                    f"{info.folder}{local}")
 
 
-def download(name: str | DatasetInfo, dest: str | os.PathLike | None = None, *,
-             timeout: float = 60.0) -> Path:
-    """Fetch a dataset into ``<dest>/<lowercase name>/`` and return that folder.
+def fetch(name: str | DatasetInfo, dest: str | os.PathLike | None = None, *,
+          timeout: float = 60.0, force: bool = False, say=None) -> Path:
+    """Download a dataset into ``<dest>/<lowercase name>/`` (default dest: `data_home`).
 
     Tries `DatasetInfo.urls` in order; checks `sha256` / `file_sha256` (when known) for the
-    primary URL. Files appear under their final names only once complete and verified.
+    primary URL. Everything is built in a temporary folder beside the target; the split
+    files are moved into place only once all are complete and verified, so a failure leaves
+    no partial file behind. An already complete folder is kept unless ``force``.
 
     Args:
       name: a registry name, or a `DatasetInfo` (e.g. for a private mirror).
-      dest: parent folder; default ``~/.cache/jaxps/datasets`` (searched by `resolve`).
-      timeout: seconds per network operation (connect, each read).
+      timeout: seconds to connect and between received bytes, per URL.
+      say: ``str -> None`` for progress messages; default: stderr.
 
     Raises:
       DownloadError: no URL could be fetched (offline...): download it by hand instead.
       DataError: a checksum mismatch, or an archive without a train file.
     """
     info = name if isinstance(name, DatasetInfo) else get(name)
-    folder = Path(dest if dest is not None else user_cache_dir() / "datasets") / info.folder
-    folder.mkdir(parents=True, exist_ok=True)
-    failures = []
-    for url in info.urls:
-        try:
-            parts = _fetch_splits(info, url, folder, timeout)
-        except (urllib.error.URLError, OSError, tarfile.TarError) as e:  # HTTPError: a URLError
-            failures.append(f"{url} ({getattr(e, 'reason', None) or e})")
-            for part in folder.glob(".*.part"):
-                part.unlink()
-            continue
-        for split, part in parts.items():
-            os.replace(part, folder / f"{split}.txt")
+    say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    root = Path(dest) if dest is not None else data_home()
+    folder = root / info.folder
+    if not force and (folder / "train.txt").is_file():
+        say(f"{info.name}: already in {folder}")
         return folder
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{info.folder}.{os.getpid()}.download"
+    failures = []
+    try:
+        for url in info.urls:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            say(f"{info.name}: downloading {url}")
+            try:
+                files = _fetch_splits(info, url, tmp, timeout)
+            except DownloadError as e:
+                failures.append(f"{url} ({e})")
+                continue
+            folder.mkdir(exist_ok=True)
+            for split, path in files.items():
+                os.replace(path, folder / f"{split}.txt")
+            say(f"{info.name}: {', '.join(f'{s}.txt' for s in files)} in {folder}")
+            return folder
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     raise DownloadError(f"could not download {info.name} from {'; nor from '.join(failures)}; "
                         f"download it by hand (see the URL) into {folder} and pass --data FOLDER")
 
 
-def _fetch_splits(info: DatasetInfo, url: str, folder: Path, timeout: float) -> dict[str, Path]:
-    """Download `url` into ``folder/.<split>.txt.part`` files, verified; return them by split."""
+download = fetch  # the name of earlier versions
+
+
+def resolve_on_ranks(name_or_path: str, *, download: bool, comm) -> Path:
+    """Collective `resolve`: rank 0 first (fetching with ``download``), so that its failure
+    fails every rank with its message; then every other rank, which fetches on its own only
+    where it does not see rank 0's copy (another host with its own cache folder)."""
+    import jaxps
+
+    folder = jaxps.run_on_root(lambda: resolve(name_or_path, download=download), comm=comm)
+    if comm.Get_rank() != 0:
+        folder = resolve(name_or_path, download=download)
+    return folder
+
+
+def _fetch_splits(info: DatasetInfo, url: str, tmp: Path, timeout: float) -> dict[str, Path]:
+    """The verified split files of `url`, in `tmp`. DownloadError: try the next URL."""
     primary = url == info.urls[0]
+    sums = dict(info.file_sha256 or {}) if primary else {}
     if url.endswith("/"):
-        parts = {}
-        for split in SPLITS:
-            parts[split] = folder / f".{split}.txt.part"
-            _fetch(f"{url}{split}.txt", parts[split], timeout)
+        files = {s: _retrieve(f"{url}{s}.txt", sums.pop(s, None), tmp, f"{s}.txt", timeout)
+                 for s in SPLITS}
     else:
-        archive = folder / ".archive.part"
-        digest = _fetch(url, archive, timeout)
-        if primary and info.sha256 and digest != info.sha256:
-            raise DataError(f"{url}: sha256 {digest}, expected {info.sha256}: a changed or "
-                            f"corrupted archive; it is left in {archive}")
-        parts = _extract(archive, url, folder)
+        archive = _retrieve(url, info.sha256 if primary else None, tmp, "archive", timeout)
+        try:
+            files = _extract(archive, url, tmp)
+        except tarfile.TarError as e:
+            raise DownloadError(f"not a readable tar archive: {e}") from e
         archive.unlink()
-    if primary and info.file_sha256:
-        for split, part in parts.items():
-            expected = info.file_sha256.get(split)
-            if expected and (got := _sha256(part)) != expected:
-                raise DataError(f"{url}: {split}.txt has sha256 {got}, expected {expected}; the "
-                                f"source changed or the download is corrupted (see {part})")
-    return parts
+    for split, expected in sums.items():
+        if split in files and (got := _sha256(files[split])) != expected:
+            raise DataError(f"{url}: {split}.txt has sha256 {got}, expected {expected}; the "
+                            "source changed or the download is corrupted; nothing was kept")
+    return files
 
 
-def _fetch(url: str, target: Path, timeout: float) -> str:
-    """Stream `url` into `target`; return its sha256."""
-    digest = hashlib.sha256()
-    with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as out:
-        while chunk := response.read(1 << 20):
-            digest.update(chunk)
-            out.write(chunk)
-    return digest.hexdigest()
+def _retrieve(url: str, sha256: str | None, tmp: Path, fname: str, timeout: float) -> Path:
+    """One file through pooch (a temporary name, the hash checked, then renamed)."""
+    import requests  # pooch's own HTTP client
+
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in ("http", "https", "ftp"):
+        raise DownloadError(f"unsupported URL scheme {scheme!r} (http, https or ftp)")
+    downloader = pooch.HTTPDownloader(timeout=timeout, progressbar=sys.stderr.isatty()) \
+        if scheme != "ftp" else pooch.FTPDownloader(timeout=timeout)
+    logging.getLogger("pooch").setLevel(logging.WARNING)  # we say what is downloaded
+    try:
+        return Path(pooch.retrieve(url, known_hash=f"sha256:{sha256}" if sha256 else None,
+                                   fname=fname, path=tmp, downloader=downloader))
+    except ValueError as e:  # pooch: the hash of the download does not match
+        raise DataError(f"{url}: {e} Nothing was kept.") from e
+    except (requests.exceptions.RequestException, OSError) as e:
+        raise DownloadError(_reason(e)) from e
 
 
-def _extract(archive: Path, url: str, folder: Path) -> dict[str, Path]:
+def _reason(e: BaseException) -> str:
+    """The innermost cause of a requests error, short ("Connection refused")."""
+    while e.__context__ is not None and not isinstance(e.__context__, (KeyboardInterrupt,)):
+        e = e.__context__
+    text = str(e)
+    return text.split("] ", 1)[-1][:200] if text else type(e).__name__
+
+
+def _extract(archive: Path, url: str, tmp: Path) -> dict[str, Path]:
     # Only the split files are read, through extractfile: no member path ever touches the disk.
     with tarfile.open(archive, "r:*") as tar:
         members = [m for m in tar.getmembers() if m.isfile()]
-        parts = {}
+        files = {}
         for split in SPLITS:
             matches = ([m for m in members if Path(m.name).name == f"{split}.txt"] or
                        [m for m in members if Path(m.name).name.endswith((f"_{split}.txt", f"-{split}.txt"))])
@@ -249,10 +351,10 @@ def _extract(archive: Path, url: str, folder: Path) -> dict[str, Path]:
                     names = ", ".join(m.name for m in members[:20])
                     raise DataError(f"{url}: no train.txt in the archive (members: {names})")
                 continue
-            parts[split] = folder / f".{split}.txt.part"
-            with tar.extractfile(matches[0]) as src, open(parts[split], "wb") as out:
+            files[split] = tmp / f"{split}.txt"
+            with tar.extractfile(matches[0]) as src, open(files[split], "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
-    return parts
+    return files
 
 
 def _sha256(path: Path) -> str:
@@ -263,11 +365,46 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-if __name__ == "__main__":
-    import argparse
-    argparse.ArgumentParser(
+# ---- command line ------------------------------------------------------------------------------
+
+def _list() -> str:
+    rows = [f"{'name':<11}{'entities':>10}{'relations':>10}{'train':>11}{'valid':>8}{'test':>8}  where"]
+    for info in _INFOS:
+        where = find(info.folder)
+        rows.append(f"{info.folder:<11}{info.num_entities:>10,}{info.num_relations:>10,}"
+                    + "".join(f"{n:>{w},}" for n, w in zip(info.num_triples, (11, 8, 8)))
+                    + f"  {where or 'not downloaded (fetch ' + info.folder + ')'}")
+    rows.append(f"fetch puts datasets into {data_home()} ($JAXPS_DATA, else the user cache)")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(
         prog="python -m train.kge.datasets",
-        description="The registry of named KGE datasets (`--data NAME` of train.kge); "
-                    "run without arguments to list them.").parse_args()
-    for name in sorted(REGISTRY):
-        print(name)
+        description="The registry of named KGE datasets (--data NAME of train.kge): list them, "
+                    "fetch one (checked against the registry's sha256 sums), print its folder.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="list|fetch|path")
+    sub.add_parser("list", help="every registered dataset: counts, and where it is if downloaded")
+    f = sub.add_parser("fetch", help="download NAME into $JAXPS_DATA or the user cache",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    f.add_argument("name", help="a registered name, e.g. umls, fb15k-237")
+    f.add_argument("--dest", default=None, help="parent folder instead of the data home")
+    f.add_argument("--timeout", type=float, default=60.0, help="seconds to connect and between "
+                   "received bytes")
+    f.add_argument("--force", action="store_true", help="download again even if present")
+    q = sub.add_parser("path", help="print the folder NAME resolves to (exit 1 if not downloaded)")
+    q.add_argument("name")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "list":
+            print(_list())
+        elif args.command == "fetch":
+            print(fetch(args.name, args.dest, timeout=args.timeout, force=args.force))
+        else:
+            print(resolve(args.name))
+    except (DataError, DownloadError) as e:
+        p.exit(1, f"python -m train.kge.datasets {args.command}: error: {e}\n")
+
+
+if __name__ == "__main__":
+    main()

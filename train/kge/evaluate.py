@@ -2,8 +2,10 @@
 
 Every triple (s, p, o) gives two queries: "tail" ranks all entities as the object of (s, p, ?),
 "head" ranks all entities as the subject of (?, p, o). A candidate is *filtered* (not ranked)
-when it makes a known true triple: `filter_index` holds train + valid + test, and must hold
-the evaluated triples too (LibKGE always adds the evaluated split to its filter).
+when it makes a known true triple of `filter_index`: train + valid + test for the standard
+filtered metrics (LibKGE's ``filter_with_test``), train only, or nothing (an empty index: the
+raw, unfiltered metrics). The answer itself is never counted against itself, whether or not
+the index holds it.
 
 Rank of the true answer, per query, from two counts over the unfiltered candidates other than
 the answer itself: `higher` (score strictly greater than the answer's) and `ties` (equal score):
@@ -18,7 +20,9 @@ up: a unique score gives `higher + 1`, one tied competitor gives `higher + 2`.
 As in LibKGE, NaN scores count as -inf (for candidates and for the answer).
 
 Metrics per direction ("head", "tail") and over all 2n queries (LibKGE's "both", the top
-level of the result): MRR, MR, Hits@k. Entities unseen in training are ranked like any other
+level of the result): MRR, MR, Hits@k; with ``relation_groups`` (e.g. `relation_types`' 1-1,
+1-N, N-1, N-N) also per group of relations, each with its own head/tail split.
+Entities unseen in training are ranked like any other
 (see `count_unseen` to report how many test triples have them).
 
 Entity rows are streamed in chunks from `entity_rows(start, stop)`, so no rank needs the whole
@@ -28,7 +32,7 @@ the result is bitwise the same on any number of ranks.
 """
 
 import functools
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +58,8 @@ class FilterIndex(NamedTuple):
 
 
 def build_filter(*triple_sets: np.ndarray, num_entities: int, num_relations: int) -> FilterIndex:
-    """Indexes the union of `triple_sets` (each int [k, 3] of (s, p, o)), e.g. train, valid, test.
+    """Indexes the union of `triple_sets` (each int [k, 3] of (s, p, o)), e.g. train, valid, test;
+    none at all gives the empty index of unfiltered ranking.
 
     Vectorized sort + group: FB15k-237 (310k triples) takes well under a second.
     """
@@ -71,6 +76,23 @@ def build_filter(*triple_sets: np.ndarray, num_entities: int, num_relations: int
     return FilterIndex(
         _csr(s * num_relations + p, o), _csr(o * num_relations + p, s), num_entities, num_relations
     )
+
+
+FILTER_SPLITS = {"all": ("train", "valid", "test"), "train": ("train",), "none": ()}
+
+
+def filter_sets(splits: Mapping[str, np.ndarray], mode: str) -> list[np.ndarray]:
+    """The triple sets for `build_filter` of ``--filter mode``: "all" (train + valid + test,
+    the standard filtered metrics), "train", or "none" (raw ranks); absent splits are skipped."""
+    if mode not in FILTER_SPLITS:
+        raise ValueError(f"unknown filter {mode!r}; valid: {', '.join(FILTER_SPLITS)}")
+    return [splits[s] for s in FILTER_SPLITS[mode] if s in splits]
+
+
+def describe_filter(mode: str) -> str:
+    """How the ranks were filtered, in words for the console ("filtered against train+valid+test")."""
+    return ("unfiltered (raw ranks)" if mode == "none" else
+            "filtered against " + "+".join(FILTER_SPLITS[mode]))
 
 
 class Scorers(NamedTuple):
@@ -117,13 +139,16 @@ def evaluate(
     chunk_size: int = 4096,
     hits_at: Sequence[int] = (1, 3, 10),
     return_ranks: bool = False,
+    relation_groups: np.ndarray | None = None,
     comm=None,
 ) -> dict:
-    """Filtered MRR, MR and Hits@k of `triples` (int [n, 3] of (s, p, o)).
+    """MRR, MR and Hits@k of `triples` (int [n, 3] of (s, p, o)), filtered by `filter_index`.
 
     Args:
       triples: the triples to rank (the same full array on every rank).
-      filter_index: `build_filter(train, valid, test, ...)`; must contain every evaluated triple.
+      filter_index: the known triples not to rank, `build_filter(train, valid, test, ...)`
+        for the filtered metrics; `build_filter(num_entities=..., num_relations=...)` (empty)
+        for the raw ones.
       entity_rows: `(start, stop) -> [stop - start, We]` rows of entities [start, stop).
       relation_rows: `ids [B] -> [B, Wr]` relation rows.
       score_sp_: pure JAX `(s [B, We], p [B, Wr], o_all [C, We]) -> [B, C]`.
@@ -133,6 +158,9 @@ def evaluate(
       batch_size, chunk_size: queries per step, entities per streamed chunk (memory ~ B * C).
       hits_at: the k of the Hits@k metrics.
       return_ranks: also return `per_triple_ranks = {"head": int64 [n], "tail": int64 [n]}`.
+      relation_groups: str [num_relations], a group name per relation (`relation_types`);
+        adds `"by_relation_type": {group: {metrics, "head", "tail", "num_triples",
+        "relations"}}` for the groups that occur in `triples`.
       comm: an mpi4py communicator; collective: every rank of it must call with the same
         `triples`. None evaluates everything in this process.
 
@@ -151,7 +179,6 @@ def evaluate(
         raise ValueError("evaluate(comm=...) needs the same `triples` array on every rank.")
     if n == 0:
         raise ValueError("evaluate: `triples` is empty; nothing to rank.")
-    _check_in_filter(triples, filter_index)
     lo, hi = rank * n // size, (rank + 1) * n // size
     ranks = _rank_slice(
         triples[lo:hi], filter_index, entity_rows, relation_rows,
@@ -169,9 +196,28 @@ def evaluate(
         "tail": _metrics(tail, hits_at),
         "num_triples": n,
     }
+    if relation_groups is not None:
+        result["by_relation_type"] = _by_group(head, tail, triples[:, 1],
+                                               np.asarray(relation_groups), hits_at)
     if return_ranks:
         result["per_triple_ranks"] = {"head": head.copy(), "tail": tail.copy()}
     return result
+
+
+def _by_group(head, tail, relations, groups, hits_at) -> dict:
+    """Metrics of the queries of each relation group, in the groups' sorted order."""
+    if groups.shape != (groups.shape[0],) or relations.max() >= len(groups):
+        raise ValueError(f"relation_groups must name a group for each of the relations, got "
+                         f"shape {groups.shape} for relation ids up to {relations.max()}.")
+    of_triple = groups[relations]
+    out = {}
+    for g in sorted(set(of_triple.tolist())):
+        mask = of_triple == g
+        h, t = head[mask], tail[mask]
+        out[g] = {**_metrics(np.concatenate([h, t]), hits_at), "head": _metrics(h, hits_at),
+                  "tail": _metrics(t, hits_at), "num_triples": int(mask.sum()),
+                  "relations": int(np.count_nonzero(groups == g))}
+    return out
 
 
 def _metrics(ranks: np.ndarray, hits_at: Sequence[int]) -> dict:
@@ -211,20 +257,24 @@ def _csr(keys: np.ndarray, values: np.ndarray) -> _Csr:
     return _Csr(keys[starts], indptr, values.astype(np.int32))
 
 
-def _known(csr: _Csr, qkeys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, answers) sorted by answer: every known answer of every query key."""
+def _known(csr: _Csr, qkeys: np.ndarray, answers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, candidates) sorted by candidate: every known answer of every query key, and
+    each query's own `answers` (a pair may appear twice; it is excluded once either way)."""
+    own = (np.arange(len(qkeys)), answers.astype(np.int32))
     if not len(csr.keys):
-        return np.zeros(0, np.int64), np.zeros(0, np.int32)
+        order = np.argsort(own[1], kind="stable")
+        return own[0][order], own[1][order]
     pos = np.minimum(np.searchsorted(csr.keys, qkeys), len(csr.keys) - 1)
     found = csr.keys[pos] == qkeys
     start = np.where(found, csr.indptr[pos], 0)
     length = np.where(found, csr.indptr[pos + 1] - start, 0)
     rows = np.repeat(np.arange(len(qkeys)), length)
     offsets = np.arange(len(rows)) - np.repeat(np.cumsum(length) - length, length)
-    answers = csr.values[np.repeat(start, length) + offsets]
+    known = csr.values[np.repeat(start, length) + offsets]
+    rows, known = np.concatenate([rows, own[0]]), np.concatenate([known, own[1]])
     # Sorted by candidate, each entity chunk's share of the pairs is one contiguous run.
-    order = np.argsort(answers, kind="stable")
-    return rows[order], answers[order]
+    order = np.argsort(known, kind="stable")
+    return rows[order], known[order]
 
 
 def _read_entities(entity_rows: EntityRows, start: int, stop: int) -> np.ndarray:
@@ -269,35 +319,14 @@ def _rank_slice(triples, index, entity_rows, relation_rows, scorers, batch, chun
                 f"relation_rows(ids [{batch}]) must return [{batch}, Wr], got {p_rows.shape}."
             )
         s_rows, o_rows = (query_rows[np.searchsorted(ids, x)] for x in (s, o))
-        known = [
-            _known(index.sp, real[:, 0] * num_relations + real[:, 1]),  # tail queries: objects
-            _known(index.po, real[:, 2] * num_relations + real[:, 1]),  # head queries: subjects
+        known = [  # the answer itself too: never counted against itself, filtered or not
+            _known(index.sp, real[:, 0] * num_relations + real[:, 1], real[:, 2]),  # tails
+            _known(index.po, real[:, 2] * num_relations + real[:, 1], real[:, 0]),  # heads
         ]
         acc = _stream(s_rows, p_rows, o_rows, known, entity_rows, num_entities, chunk, scorers)
         higher, ties = acc[:, 0, : len(real)], acc[:, 1, : len(real)]
         out[b0 : b0 + len(real)] = (higher + (ties + 1) // 2 + 1)[::-1].T  # rows (head, tail)
     return out
-
-
-def _check_in_filter(triples: np.ndarray, index: FilterIndex) -> None:
-    """Raises unless every triple is in `index` (all ranks check all triples, so all agree)."""
-    sp, n = index.sp, index.num_entities
-    # (group, object) pairs are sorted lexicographically, so group * n + object is sorted.
-    flat = np.repeat(np.arange(len(sp.keys)), np.diff(sp.indptr)) * n + sp.values
-    keys = triples[:, 0] * index.num_relations + triples[:, 1]
-    group = np.minimum(np.searchsorted(sp.keys, keys), len(sp.keys) - 1)
-    query = group * n + triples[:, 2]
-    pos = np.minimum(np.searchsorted(flat, query), len(flat) - 1)
-    if not len(flat):
-        raise ValueError("filter_index is empty; build it with build_filter(train, valid, test).")
-    present = (sp.keys[group] == keys) & (flat[pos] == query)
-    if not present.all():
-        i = int(np.flatnonzero(~present)[0])
-        raise ValueError(
-            f"triples[{i}] = {triples[i].tolist()} is not in filter_index; build it with "
-            "build_filter(train, valid, test, ...) including the split you evaluate (LibKGE "
-            "always filters with the evaluated split)."
-        )
 
 
 def _stream(s_rows, p_rows, o_rows, known, entity_rows, num_entities, chunk, scorers):

@@ -40,7 +40,10 @@ from train.common.stats import global_stats
 from train.kge import synthetic
 from train.kge.config import KgeConfig
 from train.kge.data import KgeDataset, load_dataset, user_cache_dir
-from train.kge.evaluate import Scorers, build_filter, evaluate, reciprocal_scorers
+from train.kge import init_embeddings, report
+from train.kge.evaluate import Scorers, build_filter, evaluate, filter_sets, reciprocal_scorers
+from train.kge.progress import EpochProgress
+from train.kge.relation_types import relation_types, type_counts
 from train.kge.resume import (check_compatible, checkpoint_root, dataset_fingerprint, describe,
                               find_checkpoint)
 
@@ -58,8 +61,8 @@ def load(config: KgeConfig, comm: MPI.Comm) -> KgeDataset:
     deterministic in its seed, so their copies are identical.
     """
     if config.data:
-        from train.kge.datasets import resolve
-        return load_dataset(resolve(config.data))
+        from train.kge.datasets import resolve_on_ranks
+        return load_dataset(resolve_on_ranks(config.data, download=config.download, comm=comm))
     n, r, m = config.synthetic_entities, config.synthetic_relations, config.synthetic_triples
     # The cluster count is part of the name: graphs cached before its default changed differ.
     k = synthetic.default_num_clusters(n)
@@ -256,8 +259,9 @@ def scorers_for(model: models.KgeModel, config: KgeConfig) -> Scorers:
     return Scorers(model.score_sp_, model.score__po)
 
 
-def run_evaluation(ps, scorers: Scorers, widths, triples, filter_index, config, comm) -> dict:
-    """Filtered ranking metrics of ``triples``; collective over ``comm`` (ranks split queries)."""
+def run_evaluation(ps, scorers: Scorers, widths, triples, filter_index, config, comm, *,
+                   relation_groups=None) -> dict:
+    """Ranking metrics of ``triples``; collective over ``comm`` (ranks split queries)."""
     ps.wait_sync()  # every rank's pushes are applied (replicas too) before anyone reads
     # Rows are read before `evaluate` (whose Allgatherv is a blocking collective, see run()).
     # A table too big to copy is pulled chunk by chunk during `evaluate` instead.
@@ -275,7 +279,8 @@ def run_evaluation(ps, scorers: Scorers, widths, triples, filter_index, config, 
     ps.barrier()  # every rank has its copy before any enters evaluate's collectives
     result = evaluate(triples, filter_index=filter_index, entity_rows=entity_rows,
                       relation_rows=relation_rows, score_sp_=scorers.score_sp_,
-                      score__po=scorers.score__po, batch_size=config.eval_batch_size, comm=comm)
+                      score__po=scorers.score__po, batch_size=config.eval_batch_size,
+                      relation_groups=relation_groups, comm=comm)
     ps.barrier()  # no rank trains on while another still reads the rows it evaluated
     return result
 
@@ -345,8 +350,11 @@ def _short(metrics: dict | None) -> dict | None:
     if metrics is None:
         return None
     keep = ("mrr", "mr", "hits@1", "hits@3", "hits@10", "num_triples")
-    return {k: metrics[k] for k in keep if k in metrics} | {
+    short = {k: metrics[k] for k in keep if k in metrics} | {
         d: {k: metrics[d][k] for k in keep if k in metrics[d]} for d in ("head", "tail")}
+    if "by_relation_type" in metrics:
+        short["by_relation_type"] = metrics["by_relation_type"]
+    return short
 
 
 def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
@@ -380,6 +388,9 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
     if out is not None:
         jaxps.run_on_root(lambda: outputs.check_out_dir(out, _out_bytes(tables, widths)),
                           comm=comm)
+    init_rows = None if not config.init_embeddings else init_embeddings.prepare(
+        config.init_embeddings, dataset, widths, reciprocal=config.reciprocal,
+        how=f"--model {config.model} --dim {config.dim}", comm=comm)
     resume_from, manifest, notes = None, None, []
     if out is not None:
         def find():
@@ -391,10 +402,13 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
         resume_from, manifest, notes = jaxps.run_on_root(find, comm=comm)
         if config.resume and resume_from is None:
             say(f"--resume auto: no checkpoint in {checkpoint_root(config)}; starting afresh")
-    filter_index = build_filter(*dataset.splits.values(), num_entities=dataset.num_entities,
+    filter_index = build_filter(*filter_sets(dataset.splits, config.filter),
+                                num_entities=dataset.num_entities,
                                 num_relations=dataset.num_relations)
     valid = capped(dataset.splits["valid"], config) if "valid" in dataset.splits else None
     test = capped(dataset.splits["test"], config) if "test" in dataset.splits else None
+    say(report.eval_setup(config.filter, {s: (len(t), len(dataset.splits[s])) for s, t in
+                                          (("valid", valid), ("test", test)) if t is not None}))
     scorers = scorers_for(model, config)
     history: list[dict] = []
     train_stats: dict = {}
@@ -411,6 +425,9 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
                 first, start = meta["epoch"] + 1, int(meta.get("position", 0))
                 if out is not None and rank == 0:
                     outputs.write_jsonl(out / "metrics.jsonl", history)
+            elif config.init_embeddings:
+                init_embeddings.apply(ps, init_rows, widths)
+                say(f"embeddings initialized from {config.init_embeddings}")
             trainer = SparseTrainer(ps, make_loss(model, config), optimizers,
                                     lookahead=config.lookahead,
                                     max_keys=max_keys(config, dataset))
@@ -453,7 +470,7 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
                     record["valid"] = _short(run_evaluation(ps, scorers, widths, valid,
                                                             filter_index, config, comm))
                 history.append(record)
-                say(_epoch_line(record, config), flush=True)
+                say(report.epoch_line(record, config.epochs, history, config.lr), flush=True)
                 if out is not None and rank == 0:
                     outputs.write_jsonl(out / "metrics.jsonl", history)
                 if config.checkpoint_every and epoch % config.checkpoint_every == 0:
@@ -482,10 +499,12 @@ def _finish(ps, config, comm, dataset, scorers, widths, valid, test, filter_inde
     rank, size = comm.Get_rank(), comm.Get_size()
     say = print if rank == 0 else (lambda *a, **k: None)
     final = {}
+    types = relation_types(dataset.splits["train"], dataset.num_relations)
     for split, triples in (("valid", valid), ("test", test)):
         if triples is not None:
             final[split] = _short(run_evaluation(ps, scorers, widths, triples,
-                                                 filter_index, config, comm))
+                                                 filter_index, config, comm,
+                                                 relation_groups=types))
     pulls = train_stats.get("pull_local", 0) + train_stats.get("pull_remote", 0)
     train_stats["local_fraction"] = (train_stats.get("pull_local", 0) / pulls
                                      if pulls else 1.0)
@@ -494,12 +513,15 @@ def _finish(ps, config, comm, dataset, scorers, widths, valid, test, filter_inde
                "seconds_this_run": time.perf_counter() - t_start,
                "resumed_from": str(resume_from) if resume_from else None,
                "ps": train_stats, "ranks": size, "dataset": dataset.name,
-               "unseen": unseen, "config": dataclasses.asdict(config)}
+               "unseen": unseen, "config": dataclasses.asdict(config),
+               "split_sizes": {s: len(t) for s, t in dataset.splits.items()},
+               "relation_types": type_counts(types),
+               "data_folder": str(dataset.folder.resolve()) if dataset.folder else None}
     if history:
         summary["last_epoch"] = {k: history[-1][k]
                                  for k in ("loss", "examples_per_s", "compiles")}
     # The results first: a failing export (disk full) must not lose them.
-    say(_results_table(summary), flush=True)
+    say(report.results_table(summary), flush=True)
     ps.wait_sync()
     if out is not None and rank == 0:
         outputs.write_json(out / "summary.json", summary)
@@ -529,9 +551,7 @@ def _train_epoch(trainer, train, dataset, config, epoch, rank, size, *, start=0,
                  stopped=None):
     bar = None
     if rank == 0 and config.progress:
-        from tqdm import tqdm
-        bar = tqdm(total=num_batches(len(train), config, rank, size, start),
-                   desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=0.5)
+        bar = EpochProgress(num_batches(len(train), config, rank, size, start), f"epoch {epoch}")
     try:
         pool = ((lambda: trainer.ps.owned_keys("entity"))
                 if config.sampling == "local" and size > 1 else None)
@@ -546,26 +566,3 @@ def _train_epoch(trainer, train, dataset, config, epoch, rank, size, *, start=0,
     finally:
         if bar is not None:
             bar.close()
-
-
-def _epoch_line(r: dict, config: KgeConfig) -> str:
-    line = (f"epoch {r['epoch']:>3}/{config.epochs}  loss {r['loss']:.4f}  "
-            f"{r['examples_per_s']:>9.0f} ex/s  local {r['local_fraction']:.3f}  "
-            f"compiles {r['compiles']}")
-    if "valid" in r:
-        line += f"  valid MRR {r['valid']['mrr']:.4f}"
-    return line
-
-
-def _results_table(summary: dict) -> str:
-    cols = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
-    rows = [f"{'split':<6}" + "".join(f"{c:>10}" for c in cols)]
-    for split in ("valid", "test"):
-        m = summary[split]
-        if m is not None:
-            rows.append(f"{split:<6}" + "".join(
-                f"{m[c]:>10.1f}" if c == "mr" else f"{m[c]:>10.4f}" for c in cols))
-    rows.append(f"{summary['epochs']} epochs in {summary['seconds']:.1f} s on "
-                f"{summary['ranks']} rank(s); local fraction of pulls "
-                f"{summary['ps']['local_fraction']:.3f}")
-    return "\n".join(rows)
