@@ -42,7 +42,9 @@ from .replication import ReplicaProtocol
 from .store import ABSENT, INCOMING, PENDING, TableState
 
 MAX_HOPS = 4
-OWNER_BATCH_S = 2e-3  # how long OWNER updates wait to be sent together
+# How long OWNER updates wait to be sent together, unless a sync clock sends them first
+# (meanwhile the old owner's hint routes requests for the key).
+OWNER_BATCH_S = 5e-3
 USER_TAGS = frozenset({Tag.PULL, Tag.PUSH, Tag.SET})  # requests a rank's own replicas serve
 # Requests whose sender blocks until they are answered: the transport stays quick for them.
 URGENT = frozenset({Tag.PULL, Tag.LOCALIZE, Tag.RELOCATE})

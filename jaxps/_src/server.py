@@ -351,7 +351,8 @@ class ParameterServer:
             self._clock += 1
             eng.clock = self._clock
             self._technique.on_clock(self, self._clock)
-            eng.flush_owner_updates()
+            if self._clock % self._sync_every == 0:  # with the round and the requests
+                eng.flush_owner_updates()
         if self._technique.replicates:
             for t in eng.tables:
                 if t.replicas is not None:
