@@ -124,8 +124,8 @@ def test_nups_hot_set_from_access_counts():
     counts = np.zeros(100, np.int64)
     counts[[5, 50, 99]] = [10, 30, 20]
     nups = jaxps.Nups(access_counts={"e": counts}, hot_fraction=0.02)
-    with jaxps.ParameterServer({"e": jaxps.TableSpec(100, 1)}, technique=nups):
-        assert np.array_equal(np.flatnonzero(nups._hot[0]), [50, 99])
+    with jaxps.ParameterServer({"e": jaxps.TableSpec(100, 1)}, technique=nups) as ps:
+        assert np.array_equal(np.flatnonzero(ps._policy.fixed["e"]), [50, 99])
     with pytest.raises(jaxps.InputError, match="access_counts must have shape"):
         jaxps.ParameterServer({"e": jaxps.TableSpec(100, 1)},
                               technique=jaxps.Nups(access_counts={"e": counts[:5]}))

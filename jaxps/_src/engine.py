@@ -79,9 +79,12 @@ class Engine(ReplicaProtocol):
             Tag.GRANT: self._on_grant}
         self._owner_updates: list[Msg] = []  # OWNER messages batched (OWNER_BATCH_S)
         self._owner_since = 0.0
-        # Called (lock held) after a write or sync of this rank was acknowledged; the
-        # adaptive technique retries requests that waited for one.
+        # The technique's hooks (set by the server; lock held): ``on_ack()`` after a write
+        # or sync of this rank was acknowledged (adaptive retries requests that waited for
+        # one); ``decide(table, keys, origin)`` at the owner of requested keys -> mask of
+        # keys to replicate to origin (the others are handed over).
         self.on_ack = lambda: None
+        self.decide = lambda table, keys, origin: np.zeros(len(keys), bool)
 
     # ----- handles -----------------------------------------------------------------
     def new_handle(self, kind: str, t: TableState, remaining: int, **kw) -> Handle:

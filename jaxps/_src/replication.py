@@ -8,11 +8,10 @@ whose row changed (stamps); the replica keeps updates made while the round was i
 the replica (``value - base``) or in a SYNC/DROP message that the owner applies exactly
 once (messages are forwarded and queued like pushes when the owner moves).
 
-Adaptive placement (``_decide`` at the owner): a rank asks the owner for keys it intends
-to use soon (INTENT) and marks them PENDING. If another rank uses a key too -- the owner
-itself has an active intent, replicas exist, or did within the last clocks -- the owner
-answers with a REPLICA.
-Otherwise it hands the key over to the requester at once (TRANSFER, and an OWNER update
+Intent-driven placement (``_decide`` at the owner): a rank asks the owner for keys it
+intends to use soon (INTENT, ``PolicyView.request``) and marks them PENDING. The owner's
+technique decides per key (``Technique.decide_at_owner``): a REPLICA (adaptive: another
+rank uses the key too), or it hands the key over to the requester at once (TRANSFER, and an OWNER update
 to the key's home); the requester queues requests for its PENDING keys until the
 TRANSFER arrives, and requests that reach the old owner meanwhile follow its hint. The
 count of replica holders and the relocation counter travel with the row.
@@ -22,13 +21,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import ProtocolError
 from .handles import Handle
 from .message import Msg
 from .protocol import Tag
 from .store import ABSENT, PENDING, TableState
-
-
-SHARED_MEMORY = 2  # clocks an owner remembers that a key was shared
 
 
 class ReplicaProtocol:
@@ -65,16 +62,14 @@ class ReplicaProtocol:
         if m.origin == self.rank:  # own intent came back after the key moved here
             self._answer(m.req, len(m.keys))
             return
-        # Shared: the owner uses the key, replicas exist, or another rank had it
-        # replicated within SHARED_MEMORY clocks (a hot key stays put and is copied,
-        # instead of moving to each rank that asks first in a quiet moment).
-        shared = ((t.intent_end[m.keys] > self.clock) | (t.holders[m.keys] > 0)
-                  | (t.shared_at[m.keys] + SHARED_MEMORY >= self.clock))
+        shared = np.asarray(self.decide(t.name, m.keys, m.origin), bool)
+        if shared.shape != m.keys.shape:
+            raise ProtocolError(f"decide_at_owner returned a mask of shape {shared.shape} "
+                                f"for {len(m.keys)} keys of {t.name!r}")
         replica = None
         if shared.any():
             keys = m.keys[shared]
             t.holders[keys] += 1
-            t.shared_at[keys] = self.clock
             replica = m.subset(shared).replace(hops=0, rows=t.store.values[slots[shared]],
                                                pos=t.stamps(keys, slots[shared]))
         if shared.all():

@@ -12,8 +12,11 @@ from collections.abc import Mapping
 import numpy as np
 from mpi4py import MPI
 
-from . import techniques, validate
+from . import validate
+from .adaptive import Adaptive
 from .engine import Engine
+from .policy import PolicyView, Technique
+from .techniques import TECHNIQUES, Classic, Relocation, Replication
 from .message import Msg
 from .errors import InputError
 from .handles import Handle, completed
@@ -80,7 +83,7 @@ class ParameterServer:
             if not isinstance(name, str) or not isinstance(spec, TableSpec):
                 raise InputError(f"tables[{name!r}] must map a str name to a jaxps.TableSpec, "
                                  f"got {type(spec).__name__}")
-        self._technique = techniques.make(technique)
+        self._technique = make_technique(technique)
         self._comm = (MPI.COMM_WORLD if comm is None else comm).Clone()
         self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
         self._check_finite = check_finite
@@ -106,7 +109,13 @@ class ParameterServer:
                              f"{peer_timeout!r}")
         self._fresh_as_of = {t.index: 0 for t in states}
         self._sync_started = {t.index: -(1 << 30) for t in states}  # clock of the last round
-        self._technique.setup(self)
+        # The technique sees the PS only through the view; its state is its own.
+        self._view = PolicyView(self._engine)
+        tech = self._technique
+        self._policy = state = tech.setup(self._view)
+        self._engine.on_ack = lambda: tech.on_ack(self._view, state)
+        self._engine.decide = lambda table, keys, origin: tech.decide_at_owner(
+            self._view, state, table, keys, origin)
         if self.size > 1:
             if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
                 raise RuntimeError("jaxps needs MPI_THREAD_MULTIPLE; do not set "
@@ -309,7 +318,7 @@ class ParameterServer:
         t = self._table(table)
         keys = _unique(validate.keys(t.name, t.spec, keys))
         with self._engine.lock:
-            h = self._technique.localize(self, t, keys)
+            h = self._technique.localize(self._view, self._policy, t.name, keys)
             self._flush()
             return h
 
@@ -332,7 +341,7 @@ class ParameterServer:
             return  # every key is here already: nothing to act on
         keys = _unique(keys)
         with self._engine.lock:
-            self._technique.on_intent(self, t, keys, start, end)
+            self._technique.on_intent(self._view, self._policy, t.name, keys, start, end)
 
     def _send_queued(self) -> None:
         """Send the messages PS calls queued (one envelope per destination)."""
@@ -350,7 +359,7 @@ class ParameterServer:
         with eng.lock:
             self._clock += 1
             eng.clock = self._clock
-            self._technique.on_clock(self, self._clock)
+            self._technique.on_clock(self._view, self._policy, self._clock)
             if self._clock % self._sync_every == 0:  # with the round and the requests
                 eng.flush_owner_updates()
         if self._technique.replicates:
@@ -569,3 +578,19 @@ def _emulated_network() -> tuple[float, float]:
                              f"(unset it for no emulated network)")
         values.append(value * scale)
     return values[0], values[1]
+
+
+def make_technique(technique) -> Technique:
+    """The policy object for a technique name (or a Technique instance, returned as is)."""
+    if isinstance(technique, Technique):
+        return technique
+    available = {"classic": Classic, "replication": Replication, "relocation": Relocation,
+                 "adaptive": Adaptive}
+    if technique in available:
+        return available[technique]()
+    if technique == "nups":
+        raise InputError("technique 'nups' needs its hot set: pass technique=jaxps.Nups("
+                         "hot_keys={table: keys}) or jaxps.Nups(access_counts={table: counts}, "
+                         "hot_fraction=0.01)")
+    raise InputError(f"unknown technique {technique!r}; choose one of {TECHNIQUES} "
+                     f"or pass a jaxps technique object such as jaxps.Nups(hot_keys=...)")
