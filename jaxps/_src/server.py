@@ -14,7 +14,7 @@ from mpi4py import MPI
 
 from . import validate
 from .adaptive import Adaptive
-from .engine import Engine
+from .replication import ReplicatingEngine
 from .policy import PolicyView, Technique
 from .techniques import TECHNIQUES, Classic, Relocation, Replication
 from .message import Msg
@@ -93,7 +93,7 @@ class ParameterServer:
         states = [TableState(name, i, tables[name], self.rank, self.size)
                   for i, name in enumerate(sorted(tables))]
         self._by_name = {t.name: t for t in states}
-        self._engine = Engine(states, self.rank, self.size, self._stats)
+        self._engine = ReplicatingEngine(states, self.rank, self.size, self._stats)
         self._clock = 0
         self._closed = False
         if not isinstance(staleness_bound, int) or staleness_bound < 1:
