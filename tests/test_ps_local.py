@@ -228,7 +228,7 @@ def test_envelope_round_trips_messages_of_different_tables():
 
 @pytest.mark.parametrize("value", ["-1", "abc", "nan"])
 def test_bad_emulated_network_switch_says_which(monkeypatch, value):
-    from jaxps._src.server import _emulated_network
+    from jaxps._src.network import emulated_network as _emulated_network
 
     monkeypatch.setenv("JAXPS_NET_LATENCY_US", value)
     with pytest.raises(InputError, match="JAXPS_NET_LATENCY_US"):

@@ -30,8 +30,8 @@ import numpy as np
 
 from .errors import InputError
 from .row_optim import RowOptimizer
+from .stats import delta as stats_delta
 
-_NOT_COUNTERS = ("local_fraction", "max_staleness", "owned", "replicas")  # gauges, not counters
 
 
 class Batch(NamedTuple):
@@ -370,7 +370,7 @@ class SparseTrainer:
         loss = float(np.dot(losses, weights) / sum(weights)) if losses else float("nan")
         return EpochMetrics(loss, examples, nbatches, seconds, examples / max(seconds, 1e-9),
                             self._compiles, self._compiles - compiles0,
-                            _stats_delta(before, ps.stats()))
+                            stats_delta(before, ps.stats()))
 
     def _run(self, b: _Prepared):
         """Pull, step, push, tick for one batch; returns the (device) loss."""
@@ -426,12 +426,3 @@ def _aligned_empty(shape: tuple[int, int]) -> np.ndarray:
     raw = np.empty(n + 64, np.uint8)
     offset = (-raw.ctypes.data) % 64
     return raw[offset:offset + n].view(np.float32).reshape(shape)
-
-
-def _stats_delta(before: dict, after: dict) -> dict:
-    """The PS counters' increase between two ``ps.stats()``, and the local share of pulls."""
-    out = {k: v - before.get(k, 0) for k, v in after.items()
-           if k not in _NOT_COUNTERS and isinstance(v, (int, float))}
-    pulls = out.get("pull_local", 0) + out.get("pull_remote", 0)
-    out["local_fraction"] = out.get("pull_local", 0) / pulls if pulls else 1.0
-    return out
