@@ -29,8 +29,9 @@ from ._src.techniques import Nups as Nups
 from ._src.techniques import Relocation as Relocation
 from ._src.techniques import Replication as Replication
 
-_TRAINER = {"SparseTrainer": "trainer", "Batch": "trainer", "EpochMetrics": "trainer",
-            "index_batch": "trainer", "bucket_size": "trainer", "RowOptimizer": "row_optim",
+_TRAINER = {"SparseTrainer": "trainer", "Batch": "pipeline", "EpochMetrics": "trainer",
+            "index_batch": "pipeline", "bucket_size": "pipeline", "DenseTrainer": "dense",
+            "DenseMetrics": "dense", "initial_table": "dense", "RowOptimizer": "row_optim",
             "row_optimizer": "row_optim", "row_adagrad": "row_optim", "row_adam": "row_optim",
             "ROW_OPTIMIZERS": "row_optim", "loss_and_row_deltas": "trainer"}
 
@@ -45,10 +46,11 @@ def __getattr__(name):
     raise AttributeError(f"module 'jaxps' has no attribute {name!r}")
 
 
-__all__ = ["Adaptive", "Batch", "CheckpointError", "Classic", "EpochMetrics", "Handle",
+__all__ = ["Adaptive", "Batch", "CheckpointError", "Classic", "DenseMetrics", "DenseTrainer",
+           "EpochMetrics", "Handle",
            "InputError", "JobExit", "Nups", "ParameterServer", "PolicyView", "ProtocolError",
            "ROW_OPTIMIZERS", "Relocation", "Replication", "RowOptimizer", "SparseTrainer", "TECHNIQUES",
-           "TableSpec", "Technique", "bucket_size", "index_batch", "initial_rows",
+           "TableSpec", "Technique", "bucket_size", "index_batch", "initial_rows", "initial_table",
            "install_abort_hooks", "list_checkpoints", "load_checkpoint", "loss_and_row_deltas",
            "read_manifest", "row_adagrad", "row_adam", "row_optimizer", "run_main",
            "run_on_root", "save_checkpoint"]
