@@ -20,16 +20,18 @@ from ._src.launch import run_on_root as run_on_root
 from ._src.server import ParameterServer as ParameterServer
 from ._src.tables import TableSpec as TableSpec
 from ._src.tables import initial_rows as initial_rows
+from ._src.adaptive import Adaptive as Adaptive
+from ._src.policy import PolicyView as PolicyView
+from ._src.policy import Technique as Technique
 from ._src.techniques import TECHNIQUES as TECHNIQUES
-from ._src.techniques import Adaptive as Adaptive
 from ._src.techniques import Classic as Classic
 from ._src.techniques import Nups as Nups
 from ._src.techniques import Relocation as Relocation
 from ._src.techniques import Replication as Replication
-from ._src.techniques import Technique as Technique
 
-_TRAINER = {"SparseTrainer": "trainer", "Batch": "trainer", "EpochMetrics": "trainer",
-            "index_batch": "trainer", "bucket_size": "trainer", "RowOptimizer": "row_optim",
+_TRAINER = {"SparseTrainer": "trainer", "Batch": "pipeline", "EpochMetrics": "trainer",
+            "index_batch": "pipeline", "bucket_size": "pipeline", "DenseTrainer": "dense",
+            "DenseMetrics": "dense", "initial_table": "dense", "RowOptimizer": "row_optim",
             "row_optimizer": "row_optim", "row_adagrad": "row_optim", "row_adam": "row_optim",
             "ROW_OPTIMIZERS": "row_optim", "loss_and_row_deltas": "trainer"}
 
@@ -44,10 +46,11 @@ def __getattr__(name):
     raise AttributeError(f"module 'jaxps' has no attribute {name!r}")
 
 
-__all__ = ["Adaptive", "Batch", "CheckpointError", "Classic", "EpochMetrics", "Handle",
-           "InputError", "JobExit", "Nups", "ParameterServer", "ProtocolError", "ROW_OPTIMIZERS",
-           "Relocation", "Replication", "RowOptimizer", "SparseTrainer", "TECHNIQUES",
-           "TableSpec", "Technique", "bucket_size", "index_batch", "initial_rows",
+__all__ = ["Adaptive", "Batch", "CheckpointError", "Classic", "DenseMetrics", "DenseTrainer",
+           "EpochMetrics", "Handle",
+           "InputError", "JobExit", "Nups", "ParameterServer", "PolicyView", "ProtocolError",
+           "ROW_OPTIMIZERS", "Relocation", "Replication", "RowOptimizer", "SparseTrainer", "TECHNIQUES",
+           "TableSpec", "Technique", "bucket_size", "index_batch", "initial_rows", "initial_table",
            "install_abort_hooks", "list_checkpoints", "load_checkpoint", "loss_and_row_deltas",
            "read_manifest", "row_adagrad", "row_adam", "row_optimizer", "run_main",
            "run_on_root", "save_checkpoint"]

@@ -17,7 +17,7 @@ from mpi4py import MPI
 
 import jaxps
 from train import bench, bench_workloads
-from train.bench_local import LocalTrainer, initial_table
+from jaxps import DenseTrainer, initial_table
 from train.bench_workloads import BenchOptions
 from train.kge import synthetic
 
@@ -43,7 +43,7 @@ def build(spec: str):
 def test_local_baseline_equals_ps_training_on_one_rank(tiny):
     problem = build(tiny)
     steps = 12
-    local = LocalTrainer(problem.tables, problem.loss_fn, problem.optimizers)
+    local = DenseTrainer(problem.tables, problem.loss_fn, problem.optimizers)
     got = local.train(itertools.islice(problem.batches(0, 1), steps))
     with jaxps.ParameterServer(problem.tables, technique="adaptive") as ps:
         start = {t: ps.pull(t, np.arange(s.num_keys)) for t, s in problem.tables.items()}

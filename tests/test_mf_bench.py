@@ -10,7 +10,7 @@ from mpi4py import MPI
 
 import jaxps
 from train import bench_workloads
-from train.bench_local import LocalTrainer
+from jaxps import DenseTrainer
 from train.bench_workloads import BenchOptions
 
 
@@ -27,7 +27,7 @@ def test_mf_workload_local_equals_ps(schedule):
         f"dim=8,batch_size=128,schedule={schedule}")
     problem = workload.build(BenchOptions(params=params), MPI.COMM_WORLD)
     steps = 10
-    local = LocalTrainer(problem.tables, problem.loss_fn, problem.optimizers)
+    local = DenseTrainer(problem.tables, problem.loss_fn, problem.optimizers)
     got = local.train(itertools.islice(problem.batches(0, 1), steps))
     with jaxps.ParameterServer(problem.tables, technique="adaptive") as ps:
         trainer = jaxps.SparseTrainer(ps, problem.loss_fn, problem.optimizers)

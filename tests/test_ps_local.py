@@ -124,8 +124,8 @@ def test_nups_hot_set_from_access_counts():
     counts = np.zeros(100, np.int64)
     counts[[5, 50, 99]] = [10, 30, 20]
     nups = jaxps.Nups(access_counts={"e": counts}, hot_fraction=0.02)
-    with jaxps.ParameterServer({"e": jaxps.TableSpec(100, 1)}, technique=nups):
-        assert np.array_equal(np.flatnonzero(nups._hot[0]), [50, 99])
+    with jaxps.ParameterServer({"e": jaxps.TableSpec(100, 1)}, technique=nups) as ps:
+        assert np.array_equal(np.flatnonzero(ps._policy.fixed["e"]), [50, 99])
     with pytest.raises(jaxps.InputError, match="access_counts must have shape"):
         jaxps.ParameterServer({"e": jaxps.TableSpec(100, 1)},
                               technique=jaxps.Nups(access_counts={"e": counts[:5]}))
@@ -228,7 +228,7 @@ def test_envelope_round_trips_messages_of_different_tables():
 
 @pytest.mark.parametrize("value", ["-1", "abc", "nan"])
 def test_bad_emulated_network_switch_says_which(monkeypatch, value):
-    from jaxps._src.server import _emulated_network
+    from jaxps._src.network import emulated_network as _emulated_network
 
     monkeypatch.setenv("JAXPS_NET_LATENCY_US", value)
     with pytest.raises(InputError, match="JAXPS_NET_LATENCY_US"):

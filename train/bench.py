@@ -10,7 +10,7 @@ steps compiled nothing new (compilation, the PS's first relocations and the adap
 technique's timing estimates happen there), waits for every rank (``ps.barrier``), then
 times exactly ``--steps`` more steps per rank. Throughput is all
 ranks' examples over the slowest rank's timed seconds; PS counters are those of the timed
-steps only. ``local`` is the plain one-process JAX trainer without PS (train/bench_local.py).
+steps only. ``local`` is the plain one-process JAX trainer without PS (``jaxps.DenseTrainer``).
 Writes ``results.json``, ``results.md`` (tables and the project's target ratios) and one
 ``<workload>.png`` per workload into ``--out``; per-job logs go to ``--out/logs``. Details:
 docs/bench.md.
@@ -322,9 +322,9 @@ def _ps_rank(problem, spec: dict, comm) -> dict:
 
 
 def _local_rank(problem, spec: dict) -> dict:
-    from train.bench_local import LocalTrainer
+    from jaxps import DenseTrainer
 
-    trainer = LocalTrainer(problem.tables, problem.loss_fn, problem.optimizers,
+    trainer = DenseTrainer(problem.tables, problem.loss_fn, problem.optimizers,
                            max_keys=problem.max_keys)
     source = problem.batches(0, 1)
     warm_steps = warm_up(lambda b, f: trainer.train(b, on_batch=f), source, spec["warmup"],

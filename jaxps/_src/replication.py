@@ -8,12 +8,11 @@ whose row changed (stamps); the replica keeps updates made while the round was i
 the replica (``value - base``) or in a SYNC/DROP message that the owner applies exactly
 once (messages are forwarded and queued like pushes when the owner moves).
 
-Adaptive placement (``_decide`` at the owner): a rank asks the owner for keys it intends
-to use soon (INTENT) and marks them PENDING. If another rank uses a key too -- the owner
-itself has an active intent, replicas exist, or did within the last clocks -- the owner
-answers with a REPLICA.
-Otherwise it hands the key over to the requester at once (TRANSFER, and an OWNER update
-to the key's home); the requester queues requests for its PENDING keys until the
+Intent-driven placement (``_decide`` at the owner): a rank asks the owner for keys it
+intends to use soon (INTENT, ``PolicyView.request``) and marks them PENDING. The owner's
+technique decides per key (``Technique.decide_at_owner``): a REPLICA (adaptive: another
+rank uses the key too), or it hands the key over to the requester at once (TRANSFER,
+and an OWNER update to the key's home); the requester queues requests for its PENDING keys until the
 TRANSFER arrives, and requests that reach the old owner meanwhile follow its hint. The
 count of replica holders and the relocation counter travel with the row.
 """
@@ -22,21 +21,69 @@ from __future__ import annotations
 
 import numpy as np
 
+from .engine import USER_TAGS
+from .errors import ProtocolError
 from .handles import Handle
 from .message import Msg
 from .protocol import Tag
+from .relocation import RelocatingEngine
 from .store import ABSENT, PENDING, TableState
 
 
-SHARED_MEMORY = 2  # clocks an owner remembers that a key was shared
+class ReplicatingEngine(RelocatingEngine):
+    """The engine with replicas: INTENT, REPLICA, GRANT, SYNC, SYNC_REPLY and DROP (lock
+    held in every method). The server builds this one for every technique; tables whose
+    technique never replicates have no ReplicaStore, and these paths stay idle."""
 
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        for tag in (Tag.SYNC, Tag.DROP, Tag.INTENT):
+            self.handlers[tag] = self._on_request
+        self.handlers.update({Tag.SYNC_REPLY: self._on_sync_reply_msg,
+                              Tag.REPLICA: self._on_replica_msg, Tag.GRANT: self._on_grant})
+        self.owned.update({Tag.SYNC: self._sync_reply, Tag.DROP: self._apply_drop,
+                           Tag.INTENT: self._decide})
+        # The technique's owner-side choice (set by the server; lock held):
+        # ``decide(table, keys, origin)`` -> mask of requested keys to replicate to origin
+        # (the others are handed over).
+        self.decide = lambda table, keys, origin: np.zeros(len(keys), bool)
 
-class ReplicaProtocol:
-    """Mixin for Engine: the replica half of the protocol (lock held in every method)."""
+    # ----- where keys are: the replica cases of the engine's classification ---------------
+    def _sort(self, m: Msg, slots: np.ndarray):
+        own, local, wait = super()._sort(m, slots)
+        t = m.table
+        if t.replicas is None:
+            return own, local, wait
+        rslots = t.replicas.slot[m.keys]
+        if m.origin == self.rank and m.tag in USER_TAGS:
+            local = ~own & (rslots >= 0)
+            wait = wait & ~local
+        # A PENDING key may be on its way here (the owner chose to move it); the rank's
+        # own INTENT for it must travel, of course.
+        if not (m.tag is Tag.INTENT and m.origin == self.rank):
+            wait = wait | (~own & (rslots == PENDING))
+        return own, local, wait
+
+    def _absent(self, t, keys):
+        absent = super()._absent(t, keys)
+        if t.replicas is not None:
+            # Replicated keys are local already; PENDING ones are being decided (replica
+            # or move). Moving a replicated key here would also have to merge the replica
+            # with the arriving row while its last sync is in flight, where own reads were
+            # seen to lag (docs/design.md, known limits).
+            absent &= t.replicas.slot[keys] == ABSENT
+        return absent
+
+    def _expects_transfer(self, t, keys):
+        expected = super()._expects_transfer(t, keys)
+        if t.replicas is not None:  # moved here after an INTENT
+            expected |= t.replicas.slot[keys] == PENDING
+        return expected
 
     # ----- a rank's own requests served by its replicas --------------------------------
-    def apply_replica(self, m, rslots: np.ndarray) -> None:
+    def _serve_local(self, m) -> None:
         rep = m.table.replicas
+        rslots = rep.slot[m.keys]
         if m.tag is Tag.PULL:
             self.send(self.rank, m.replace(rows=rep.value(rslots)), Tag.PULL_REPLY)
             return
@@ -47,34 +94,25 @@ class ReplicaProtocol:
         self.send(self.rank, m.replace(rows=None), Tag.WRITE_ACK)
 
     # ----- at the owner ------------------------------------------------------------------
-    def apply_owner(self, m, slots: np.ndarray) -> None:
-        """SYNC, DROP and INTENT requests for keys this rank owns."""
-        t, store = m.table, m.table.store
-        back = m.replace(hops=0)
-        if m.tag is Tag.SYNC:
-            self._sync_reply(m, slots)
-        elif m.tag is Tag.DROP:
-            store.add(slots, m.rows)
-            t.holders[m.keys] = np.maximum(t.holders[m.keys] - 1, 0)
-            self.send(m.origin, back.replace(rows=None), Tag.WRITE_ACK)
-        elif m.tag is Tag.INTENT:
-            self._decide(m, slots)
+    def _apply_drop(self, m, slots: np.ndarray) -> None:
+        t = m.table
+        t.store.add(slots, m.rows)
+        t.holders[m.keys] = np.maximum(t.holders[m.keys] - 1, 0)
+        self.send(m.origin, m.replace(rows=None, hops=0), Tag.WRITE_ACK)
 
     def _decide(self, m, slots: np.ndarray) -> None:
         t = m.table
         if m.origin == self.rank:  # own intent came back after the key moved here
             self._answer(m.req, len(m.keys))
             return
-        # Shared: the owner uses the key, replicas exist, or another rank had it
-        # replicated within SHARED_MEMORY clocks (a hot key stays put and is copied,
-        # instead of moving to each rank that asks first in a quiet moment).
-        shared = ((t.intent_end[m.keys] > self.clock) | (t.holders[m.keys] > 0)
-                  | (t.shared_at[m.keys] + SHARED_MEMORY >= self.clock))
+        shared = np.asarray(self.decide(t.name, m.keys, m.origin), bool)
+        if shared.shape != m.keys.shape:
+            raise ProtocolError(f"decide_at_owner returned a mask of shape {shared.shape} "
+                                f"for {len(m.keys)} keys of {t.name!r}")
         replica = None
         if shared.any():
             keys = m.keys[shared]
             t.holders[keys] += 1
-            t.shared_at[keys] = self.clock
             replica = m.subset(shared).replace(hops=0, rows=t.store.values[slots[shared]],
                                                pos=t.stamps(keys, slots[shared]))
         if shared.all():
@@ -89,6 +127,25 @@ class ReplicaProtocol:
                 rows=np.concatenate([moved.rows, replica.rows]), aux=len(moved.keys)))
 
     # ----- at the requester: answers to INTENT, SYNC ----------------------------------------
+    def _on_sync_reply_msg(self, source: int, m: Msg) -> None:
+        self._learn_owner(m.table, m.keys, source)  # where the next sync goes
+        self.on_sync_reply(m)
+        self.on_ack()
+
+    def _on_replica_msg(self, source: int, m: Msg) -> None:
+        self._learn_owner(m.table, m.keys, source)
+        self.on_replica(m)
+
+    def _on_grant(self, source: int, m: Msg) -> None:
+        """A TRANSFER (the first AUX keys) and a REPLICA (the rest) in one message."""
+        moved = slice(0, m.aux)
+        copied = slice(m.aux, len(m.keys))
+        self._learn_owner(m.table, m.keys[copied], source)
+        self.on_replica(Msg(Tag.REPLICA, m.table, m.req, m.origin, m.keys[copied],
+                            m.pos[copied], m.rows[copied]))
+        self._on_transfer(Msg(Tag.TRANSFER, m.table, m.req, m.origin, m.keys[moved],
+                              m.pos[moved], m.rows[moved]))
+
     def on_replica(self, m) -> None:
         t, rep = m.table, m.table.replicas
         owned = t.store.slot[m.keys] >= 0
@@ -159,7 +216,7 @@ class ReplicaProtocol:
         self.send(m.origin, m.replace(hops=0, keys=m.keys[order], pos=stamps[order],
                                       rows=rows), Tag.SYNC_REPLY)
 
-    def merge_own_replicas(self, t: TableState, keys, rows, holders):
+    def _merge_arriving(self, t: TableState, keys, rows, holders):
         """At a TRANSFER: fold this rank's replica of a key into the arriving row."""
         holders = np.array(holders, np.int64)
         if t.replicas is None:

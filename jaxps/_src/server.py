@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 import traceback
@@ -12,22 +11,19 @@ from collections.abc import Mapping
 import numpy as np
 from mpi4py import MPI
 
-from . import techniques, validate
-from .engine import Engine
-from .message import Msg
+from . import access, stats as counters, validate
+from .adaptive import Adaptive
 from .errors import InputError
-from .handles import Handle, completed
+from .handles import Handle
+from .network import cores_shared, emulated_network
+from .policy import PolicyView, Technique
 from .protocol import Tag
+from .replication import ReplicatingEngine
 from .store import TableState
+from .sync import SyncRounds
 from .tables import TableSpec
+from .techniques import TECHNIQUES, Classic, Relocation, Replication
 from .transport import SPIN_S, Transport, abort_now
-
-WAIT_KINDS = ("pull", "push", "set", "localize", "intent", "drop", "sync", "barrier")
-STAT_KEYS = ("pull_local", "pull_remote", "push_local", "push_remote", "bytes_sent",
-             "bytes_received", "messages_sent", "messages_received", "relocations",
-             "relocations_out", "forwards", "replicas_created", "replicas_dropped",
-             "sync_rounds", "max_staleness", "wait_seconds",
-             *(f"wait_{kind}_seconds" for kind in WAIT_KINDS))
 
 
 class ParameterServer:
@@ -80,40 +76,38 @@ class ParameterServer:
             if not isinstance(name, str) or not isinstance(spec, TableSpec):
                 raise InputError(f"tables[{name!r}] must map a str name to a jaxps.TableSpec, "
                                  f"got {type(spec).__name__}")
-        self._technique = techniques.make(technique)
+        self._technique = make_technique(technique)
         self._comm = (MPI.COMM_WORLD if comm is None else comm).Clone()
         self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
         self._check_finite = check_finite
         # The same keys on every rank, so that ranks can reduce them key by key.
-        self._stats = {k: 0.0 if k.startswith("wait_") else 0 for k in STAT_KEYS}
+        self._stats = counters.new_counters()
         self._specs = dict(tables)
         states = [TableState(name, i, tables[name], self.rank, self.size)
                   for i, name in enumerate(sorted(tables))]
         self._by_name = {t.name: t for t in states}
-        self._engine = Engine(states, self.rank, self.size, self._stats)
+        self._engine = ReplicatingEngine(states, self.rank, self.size, self._stats)
         self._clock = 0
         self._closed = False
-        if not isinstance(staleness_bound, int) or staleness_bound < 1:
-            raise InputError(f"staleness_bound must be an int >= 1, got {staleness_bound!r}")
-        self._staleness_bound = staleness_bound
-        # Rounds start every half bound, at multiples of it (where the adaptive technique
-        # acts, so its requests and the round leave in one envelope per owner): a round
-        # answered within half the bound keeps replicas within it without waiting.
-        self._sync_every = max(1, staleness_bound // 2)
+        self._sync = SyncRounds(self._engine, staleness_bound, self.wait)
         if peer_timeout is not None and not (isinstance(peer_timeout, (int, float))
                                              and math.isfinite(peer_timeout) and peer_timeout > 0):
             raise InputError(f"peer_timeout must be a number of seconds > 0 or None, got "
                              f"{peer_timeout!r}")
-        self._fresh_as_of = {t.index: 0 for t in states}
-        self._sync_started = {t.index: -(1 << 30) for t in states}  # clock of the last round
-        self._technique.setup(self)
+        # The technique sees the PS only through the view; its state is its own.
+        self._view = PolicyView(self._engine)
+        tech = self._technique
+        self._policy = state = tech.setup(self._view)
+        self._engine.on_ack = lambda: tech.on_ack(self._view, state)
+        self._engine.decide = lambda table, keys, origin: tech.decide_at_owner(
+            self._view, state, table, keys, origin)
         if self.size > 1:
             if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
                 raise RuntimeError("jaxps needs MPI_THREAD_MULTIPLE; do not set "
                                    "mpi4py.rc.thread_level to a lower level")
             self._abort_on_error = abort_on_error
-            latency, bandwidth = _emulated_network()
-            spin = SPIN_S if not _cores_shared(self._comm) else 0.0
+            latency, bandwidth = emulated_network()
+            spin = SPIN_S if not cores_shared(self._comm) else 0.0
             self._engine.transport = Transport(self._comm, self._engine.on_envelope, self._stats,
                                                poll=self._engine.poll, net_latency_s=latency,
                                                net_bandwidth=bandwidth,
@@ -159,6 +153,10 @@ class ParameterServer:
         keys = validate.keys(t.name, t.spec, keys)
         return self._start_pull(t, keys, np.empty((len(keys), t.spec.width), np.float32))
 
+    def _start_pull(self, t: TableState, keys: np.ndarray, out: np.ndarray) -> Handle:
+        access.fence(self._engine, t, keys, self.wait)
+        return access.start_pull(self._engine, t, keys, out)
+
     # The trainer's fast path (jaxps._src.trainer): its keys are validated once per batch
     # in the batch thread, its deltas checked for NaN inside the jitted step.
     def _checked_keys(self, table: str, keys) -> np.ndarray:
@@ -175,39 +173,8 @@ class ParameterServer:
         """Push with validated, unique ``keys`` and finite float32 ``deltas`` [n, width]."""
         return self._write(Tag.PUSH, self._table(table), keys, deltas)
 
-    def _start_pull(self, t: TableState, keys: np.ndarray, out: np.ndarray) -> Handle:
-        self._fence(t, keys)
-        eng = self._engine
-        with eng.lock:
-            slots = t.store.slot[keys]
-            local = slots >= 0
-            if local.all():
-                self._stats["pull_local"] += len(keys)
-                np.take(t.store.values, slots, axis=0, out=out, mode="clip")
-                return completed("pull", t.name, out)
-            # Integer positions, not boolean masks: each mask indexing of rows is a copy.
-            own, other = np.flatnonzero(local), np.flatnonzero(~local)
-            out[own] = t.store.values[slots[own]]
-            if t.replicas is not None:  # owned or ready replicas only: answer here
-                rslots = t.replicas.slot[keys[other]]
-                if (rslots >= 0).all():
-                    out[other] = t.replicas.value(rslots)
-                    self._stats["pull_local"] += len(keys)
-                    return completed("pull", t.name, out)
-            self._count_local("pull", t, keys, local)
-            h = eng.new_handle("pull", t, int(np.count_nonzero(~local)), result=out)
-            rest = np.flatnonzero(~local)  # replicas answer inline, the rest travels
-            eng.serve(Msg(Tag.PULL, t, h.id, self.rank, keys[rest], rest))
-            self._flush()
-        return h
-
-    def _count_local(self, op: str, t: TableState, keys: np.ndarray, local: np.ndarray) -> None:
-        """Stats: keys served locally = owned or replicated here at call time."""
-        if t.replicas is not None:
-            local = local | (t.replicas.slot[keys] >= 0)
-        n_local = int(np.count_nonzero(local))
-        self._stats[f"{op}_local"] += n_local
-        self._stats[f"{op}_remote"] += len(keys) - n_local
+    def _write(self, tag: Tag, t: TableState, keys: np.ndarray, rows: np.ndarray) -> Handle:
+        return access.write(self._engine, tag, t, keys, rows, fenced=self._technique.relocates)
 
     def push(self, table: str, keys, deltas) -> None:
         """Add ``deltas`` [len(keys), width] to the rows; duplicate keys are summed."""
@@ -235,65 +202,6 @@ class ParameterServer:
         validate.unique_keys(t.name, keys, "keys")
         return self._write(Tag.SET, t, keys, values)
 
-    def _write(self, tag: Tag, t: TableState, keys: np.ndarray, rows: np.ndarray) -> Handle:
-        eng = self._engine
-        kind = "push" if tag is Tag.PUSH else "set"
-        with eng.lock:
-            slots = t.store.slot[keys]
-            local = slots >= 0
-            if local.all():  # the common case: no boolean-mask copies of the rows
-                if tag is Tag.PUSH:
-                    t.store.add(slots, rows)
-                else:
-                    t.store.assign(slots, rows)
-                self._stats["push_local"] += len(keys)
-                return completed(kind, t.name)
-            own, other = np.flatnonzero(local), np.flatnonzero(~local)
-            if t.replicas is not None:  # owned or ready replicas only: apply here
-                rslots = t.replicas.slot[keys[other]]
-                if (rslots >= 0).all():
-                    if tag is Tag.PUSH:
-                        t.store.add(slots[own], rows[own])
-                        t.replicas.add(rslots, rows[other])
-                    else:
-                        t.store.assign(slots[own], rows[own])
-                        t.replicas.assign(rslots, rows[other])
-                    self._stats["push_local"] += len(keys)
-                    return completed(kind, t.name)
-            if tag is Tag.PUSH:
-                t.store.add(slots[local], rows[local])
-            else:
-                t.store.assign(slots[local], rows[local])
-            self._count_local("push", t, keys, local)
-            rest = ~local  # replicas apply inline, the rest travels
-            h = eng.new_handle(kind, t, int(np.count_nonzero(rest)), keys=keys[rest])
-            eng.serve(Msg(tag, t, h.id, self.rank, keys[rest], np.flatnonzero(rest), rows[rest]))
-            self._flush()
-            if self._technique.relocates and not h.done():
-                t.pending_writes.append(h)
-        return h
-
-    def _fence(self, t: TableState, keys: np.ndarray) -> None:
-        """Read-your-writes when keys move: wait for own in-flight writes to these keys.
-
-        A write and a later read can take different routes once a key has moved (the
-        read may go straight to the new owner while the write is still being
-        forwarded), so a read waits for the acknowledgement of overlapping writes.
-        The same holds for the deltas of a sync round in flight once the key is no longer
-        replicated here (it became owned, or its replica was dropped).
-        """
-        sync = t.sync
-        if not t.pending_writes and (sync is None or sync.done()):
-            return
-        with self._engine.lock:
-            overlapping = [h for h in t.writes_in_flight() if t.member(h.keys, keys).any()]
-            if sync is not None and not sync.done():
-                unreplicated = keys[t.replicas.slot[keys] < 0]
-                if t.member(sync.keys, unreplicated).any():
-                    overlapping.append(sync)
-        for h in overlapping:
-            self.wait(h)
-
     # ----- placement, intents, clock ----------------------------------------------------
     def localize(self, table: str, keys) -> None:
         """Move ``keys`` to this rank (Lapse) and wait until they arrived.
@@ -309,7 +217,7 @@ class ParameterServer:
         t = self._table(table)
         keys = _unique(validate.keys(t.name, t.spec, keys))
         with self._engine.lock:
-            h = self._technique.localize(self, t, keys)
+            h = self._technique.localize(self._view, self._policy, t.name, keys)
             self._flush()
             return h
 
@@ -332,7 +240,7 @@ class ParameterServer:
             return  # every key is here already: nothing to act on
         keys = _unique(keys)
         with self._engine.lock:
-            self._technique.on_intent(self, t, keys, start, end)
+            self._technique.on_intent(self._view, self._policy, t.name, keys, start, end)
 
     def _send_queued(self) -> None:
         """Send the messages PS calls queued (one envelope per destination)."""
@@ -350,12 +258,11 @@ class ParameterServer:
         with eng.lock:
             self._clock += 1
             eng.clock = self._clock
-            self._technique.on_clock(self, self._clock)
-            eng.flush_owner_updates()
+            self._technique.on_clock(self._view, self._policy, self._clock)
+            if self._sync.is_sync_clock(self._clock):  # with the round and the requests
+                eng.flush_owner_updates()
         if self._technique.replicates:
-            for t in eng.tables:
-                if t.replicas is not None:
-                    self._sync_round(t, force=False)
+            self._sync.tick(self._clock)
         with eng.lock:
             self._flush()
         return self._clock
@@ -364,40 +271,6 @@ class ParameterServer:
         """Send the messages this call queued, one envelope per destination (lock held)."""
         if self._engine.transport is not None:
             self._engine.flush()
-
-    def _sync_round(self, t: TableState, *, force: bool) -> None:
-        """Collect a finished sync round of ``t`` and start the next one.
-
-        Waits for the round in flight when ``force`` is set, or when replicas would
-        otherwise be staler than ``staleness_bound`` clocks (staleness = clocks since the
-        start of the last completed round); a second pass then waits for a fresh round.
-
-        A new round starts only once the last one started ``staleness_bound`` clocks ago
-        (or staleness reached the bound): a round that completes within a clock keeps
-        replicas within the bound, and each round is a SYNC and a SYNC_REPLY per owner
-        and table (every clock, they were half of the adaptive technique's messages).
-        """
-        for _ in range(2):
-            h = t.sync
-            stale = self._clock - self._fresh_as_of[t.index]
-            if h is not None and not h.done() and (force or stale > self._staleness_bound):
-                self.wait(h)
-            with self._engine.lock:
-                if h is not None and h.done():
-                    self._fresh_as_of[t.index] = h.started
-                    t.sync = None
-                stale = self._clock - self._fresh_as_of[t.index]
-                due = (force or stale >= self._staleness_bound
-                       or self._clock - self._sync_started[t.index] >= self._sync_every)
-                if t.sync is None and due:
-                    self._sync_started[t.index] = self._clock - self._clock % self._sync_every
-                    t.sync = self._engine.start_sync(t)
-                    if t.sync is None:  # no replicas of this table: nothing is stale
-                        self._fresh_as_of[t.index] = self._clock
-                stale = self._clock - self._fresh_as_of[t.index]
-            if force or stale <= self._staleness_bound:
-                break
-        self._stats["max_staleness"] = max(self._stats["max_staleness"], stale)
 
     @property
     def clock(self) -> int:
@@ -462,8 +335,8 @@ class ParameterServer:
         for _ in range(2):
             for t in self._engine.tables:
                 if t.replicas is not None:
-                    self._sync_round(t, force=True)   # finish the round in flight
-                    self._sync_round(t, force=True)   # a complete round from now
+                    self._sync.round(t, self._clock, force=True)  # finish the one in flight
+                    self._sync.round(t, self._clock, force=True)  # a complete one from now
             self.barrier()
 
     def barrier(self) -> None:
@@ -495,15 +368,12 @@ class ParameterServer:
             out["owned"] = {t.name: t.store.num_owned for t in self._engine.tables}
             out["replicas"] = sum(t.replicas.count for t in self._engine.tables
                                   if t.replicas is not None)
-        pulls = out["pull_local"] + out["pull_remote"]
-        out["local_fraction"] = out["pull_local"] / pulls if pulls else 1.0
-        return out
+        return counters.with_local_fraction(out)
 
     def reset_stats(self) -> None:
         """Zero this rank's counters."""
         with self._engine.lock:
-            for k in self._stats:
-                self._stats[k] = 0.0 if k.startswith("wait_") else 0
+            counters.reset(self._stats)
 
     def owned_keys(self, table: str) -> np.ndarray:
         """Keys of ``table`` currently stored on this rank (sorted int64). O(num_keys)."""
@@ -542,29 +412,17 @@ def _sum_duplicates(keys: np.ndarray, rows: np.ndarray):
     return sk[starts], np.add.reduceat(rows[order], starts, axis=0)
 
 
-def _cores_shared(comm: MPI.Comm) -> bool:
-    """Collective: do ranks of this host share cores (more ranks than the cores they may
-    run on, e.g. 4 ranks on 2 cores)? Then a waiting rank must not poll (spin)."""
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    try:
-        cores = node.allgather(sorted(os.sched_getaffinity(0)))
-    finally:
-        node.Free()
-    return len(set().union(*map(set, cores))) < len(cores)
-
-
-def _emulated_network() -> tuple[float, float]:
-    """(one-way latency s, bandwidth bytes/s) of the emulated network, from the debug
-    switches JAXPS_NET_LATENCY_US and JAXPS_NET_GBITS (unset: none)."""
-    values = []
-    for name, scale in (("JAXPS_NET_LATENCY_US", 1e-6), ("JAXPS_NET_GBITS", 1e9 / 8)):
-        raw = os.environ.get(name, "").strip()
-        try:
-            value = float(raw) if raw else 0.0
-        except ValueError:
-            value = -1.0
-        if not math.isfinite(value) or value < 0:
-            raise InputError(f"environment variable {name}={raw!r} must be a number >= 0 "
-                             f"(unset it for no emulated network)")
-        values.append(value * scale)
-    return values[0], values[1]
+def make_technique(technique) -> Technique:
+    """The policy object for a technique name (or a Technique instance, returned as is)."""
+    if isinstance(technique, Technique):
+        return technique
+    available = {"classic": Classic, "replication": Replication, "relocation": Relocation,
+                 "adaptive": Adaptive}
+    if technique in available:
+        return available[technique]()
+    if technique == "nups":
+        raise InputError("technique 'nups' needs its hot set: pass technique=jaxps.Nups("
+                         "hot_keys={table: keys}) or jaxps.Nups(access_counts={table: counts}, "
+                         "hot_fraction=0.01)")
+    raise InputError(f"unknown technique {technique!r}; choose one of {TECHNIQUES} "
+                     f"or pass a jaxps technique object such as jaxps.Nups(hot_keys=...)")

@@ -209,10 +209,6 @@ class TableState:
                (travels with the row on relocation; adaptive decisions use it).
       version: int32 [num_keys]  for owned keys: the relocation counter (times the
                key changed owner); travels with the row, +1 per hand-over.
-      intent_end: int32 [num_keys]  end clock of the latest of this rank's intents per key that
-               came due (an intent far ahead counts once it is due).
-      shared_at: int32 [num_keys]  for owned keys: this rank's clock when it last gave
-               out a replica of the key (adaptive: recently shared keys stay put).
       sync: the in-flight sync round of this table's replicas (a Handle) or None.
     """
 
@@ -231,8 +227,6 @@ class TableState:
         self.replicas: ReplicaStore | None = None
         self.holders = np.zeros(spec.num_keys, np.int16)
         self.version = np.zeros(spec.num_keys, np.int32)
-        self.intent_end = np.zeros(spec.num_keys, np.int32)
-        self.shared_at = np.full(spec.num_keys, -(1 << 30), np.int32)
         self.sync = None
         self._mark = np.zeros(spec.num_keys, bool)
 

@@ -8,20 +8,18 @@ Per batch t (clock c):
      update, returned as whole-row deltas (those of padding rows are never pushed);
   4. ``push_async`` the deltas (the PS's read-your-writes fence orders them before the next
      pull of the same keys), then ``ps.advance_clock()``.
-A background thread reads the batch source, builds unique keys and pads them to bucket
-sizes, ahead of the step (the jitted step releases the GIL). Unique-key counts are padded
-to a few bucket sizes so the step stops compiling after warm-up; ``compiles`` counts traces.
+A background thread (``pipeline.Prefetcher``) reads the batch source, checks the keys and
+pads them to bucket sizes, ahead of the step (the jitted step releases the GIL). Unique-key
+counts are padded to a few bucket sizes so the step stops compiling after warm-up;
+``compiles`` counts traces.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import queue
-import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -29,70 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from .errors import InputError
+from .pipeline import Batch, Prefetcher, bucket_size, index_batch, read_batch
 from .row_optim import RowOptimizer
+from .stats import delta as stats_delta
 
-_NOT_COUNTERS = ("local_fraction", "max_staleness", "owned", "replicas")  # gauges, not counters
-
-
-class Batch(NamedTuple):
-    """One batch of a batch source.
-
-    Attributes:
-      keys: table -> unique int64 keys [U_t] the batch touches.
-      data: a pytree of numpy arrays; it refers to rows by position (int32 indices into
-        ``keys[table]``). Keep its shapes fixed across batches (pad the last batch) so the
-        step does not recompile.
-      num_examples: examples in the batch, for examples/s; default: the leading dimension
-        of the first leaf of ``data``.
-    """
-
-    keys: Mapping[str, np.ndarray]
-    data: Any
-    num_examples: int | None = None
-
-
-def index_batch(ids: Mapping[str, np.ndarray | Sequence[np.ndarray]]):
-    """Raw ids per table -> (unique keys per table, int32 positions with the ids' structure).
-
-    Args:
-      ids: table -> an int array of ids (any shape), or a sequence of such arrays (e.g.
-        heads, tails and negatives all from the entity table).
-
-    Returns:
-      ``(keys, positions)``: ``keys[t]`` sorted unique int64; ``positions[t]`` int32 arrays
-      shaped like the input (a list when a sequence was given) with
-      ``keys[t][positions[t]] == ids[t]``.
-    """
-    keys, positions = {}, {}
-    for table, raw in ids.items():
-        parts = [np.asarray(raw)] if isinstance(raw, np.ndarray) else [np.asarray(a) for a in raw]
-        for a in parts:
-            if a.dtype.kind not in "iu":
-                raise InputError(f"index_batch: ids of table {table!r} must be integers, got "
-                                 f"dtype {a.dtype}; convert with .astype(np.int64)")
-        flat = np.concatenate([a.ravel() for a in parts]) if parts else np.zeros(0, np.int64)
-        uniq, inverse = np.unique(flat.astype(np.int64, copy=False), return_inverse=True)
-        inverse = inverse.astype(np.int32).ravel()
-        split = np.split(inverse, np.cumsum([a.size for a in parts])[:-1])
-        out = [s.reshape(a.shape) for s, a in zip(split, parts)]
-        keys[table] = uniq
-        positions[table] = out[0] if isinstance(raw, np.ndarray) else out
-    return keys, positions
-
-
-def bucket_size(n: int, *, min_size: int = 64) -> int:
-    """Padded size for ``n`` unique keys: the smallest of min_size * {1, 1.5} * 2**k >= n.
-
-    Two sizes per power of two: at most a third of the rows are padding, and the sizes
-    a run meets are few, so each is compiled once.
-    """
-    base = min_size
-    while True:
-        if n <= base:
-            return base
-        if n <= base + base // 2:
-            return base + base // 2
-        base *= 2
+__all__ = ["Batch", "EpochMetrics", "SparseTrainer", "bucket_size", "index_batch",
+           "loss_and_row_deltas"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,9 +67,6 @@ class _Prepared(NamedTuple):
     sizes: dict         # table -> padded size B_t
     data: Any           # pytree of numpy arrays
     num_examples: int
-
-
-_DONE = object()
 
 
 class SparseTrainer:
@@ -225,37 +162,17 @@ class SparseTrainer:
 
     # ----- the background producer --------------------------------------------------------
     def _prepare(self, item) -> _Prepared:
-        if isinstance(item, Batch):
-            keys, data, n = item
-        elif isinstance(item, tuple) and len(item) in (2, 3):
-            keys, data, n = (*item, None) if len(item) == 2 else item
-        else:
-            raise InputError("a batch source must yield (keys, data) or jaxps.Batch, got "
-                             f"{type(item).__name__}")
+        keys, data, n = read_batch(item, self._opt)
         prepared = {}
-        for table in self._opt:
-            if table not in keys:
-                raise InputError(f"batch has no keys for table {table!r}; give every trained "
-                                 f"table's keys (possibly empty), got {sorted(keys)}")
-            k = np.asarray(keys[table])
-            if k.ndim != 1 or k.dtype.kind not in "iu":
-                raise InputError(f"batch keys of table {table!r} must be a 1-D int array, got "
-                                 f"{k.dtype} {k.shape}; build them with jaxps.index_batch")
+        for table, k in keys.items():
             k = self.ps._checked_keys(table, k)  # once here, not at every PS call
-            if len(k) > 1 and not (k[1:] > k[:-1]).all() and len(np.unique(k)) != len(k):
-                raise InputError(f"batch keys of table {table!r} have duplicates; a batch "
-                                 f"lists each key once (build them with jaxps.index_batch)")
             if table in self._fixed and len(k) > self._floor[table]:
                 raise InputError(f"batch has {len(k)} keys of table {table!r}, more than "
                                  f"SparseTrainer's max_keys bucket {self._floor[table]}; "
                                  f"raise max_keys[{table!r}]")
             prepared[table] = k
-        data = jax.tree_util.tree_map(np.asarray, data)
-        if n is None:
-            leaves = jax.tree_util.tree_leaves(data)
-            n = len(leaves[0]) if leaves and np.ndim(leaves[0]) else 1
         sizes = {t: bucket_size(len(k), min_size=self.min_bucket) for t, k in prepared.items()}
-        return _Prepared(prepared, sizes, data, int(n))
+        return _Prepared(prepared, sizes, data, n)
 
     def _padded_sizes(self, b: _Prepared) -> dict:
         """Bucket sizes for ``b`` on the training thread: at least the floor, which grows."""
@@ -281,24 +198,6 @@ class SparseTrainer:
         jax.block_until_ready(out)
         return self._compiles - before
 
-    def _produce(self, batches: Iterable, out: queue.Queue, stop: threading.Event) -> None:
-        def put(x) -> bool:
-            while not stop.is_set():
-                try:
-                    out.put(x, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        try:
-            for item in batches:
-                if not put(self._prepare(item)):
-                    return
-            put(_DONE)
-        except BaseException as e:  # handed to the training thread, which re-raises it
-            put(e)
-
     # ----- the training loop --------------------------------------------------------------
     def train_epoch(self, batches: Iterable, *,
                     on_batch: Callable[[int, float], None] | None = None) -> EpochMetrics:
@@ -317,23 +216,16 @@ class SparseTrainer:
         before = ps.stats()
         compiles0 = self._compiles
         t0 = time.perf_counter()
-        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-        producer = threading.Thread(target=self._produce, args=(batches, q, stop),
-                                    name="jaxps-batches", daemon=True)
-        producer.start()
         window: deque[_Prepared] = deque()
         exhausted = False
 
         def next_batch(ahead: int) -> None:
             """Take one prepared batch; signal its intent for clock + ahead."""
             nonlocal exhausted
-            item = q.get()
-            if item is _DONE:
+            item = source.get()
+            if item is None:
                 exhausted = True
                 return
-            if isinstance(item, BaseException):
-                raise item
             if self.lookahead:
                 for table, keys in item.keys.items():
                     if len(keys):
@@ -342,7 +234,7 @@ class SparseTrainer:
             window.append(item)
 
         losses, weights, examples, nbatches = [], [], 0, 0
-        try:
+        with Prefetcher(batches, self._prepare, self.prefetch, "jaxps-batches") as source:
             while not exhausted and len(window) < self.lookahead:
                 next_batch(len(window))
             while True:
@@ -362,15 +254,12 @@ class SparseTrainer:
                 nbatches += 1
                 if on_batch is not None:
                     on_batch(b.num_examples, loss)
-        finally:
-            stop.set()
-            producer.join()
         ps.wait_all()
         seconds = time.perf_counter() - t0
         loss = float(np.dot(losses, weights) / sum(weights)) if losses else float("nan")
         return EpochMetrics(loss, examples, nbatches, seconds, examples / max(seconds, 1e-9),
                             self._compiles, self._compiles - compiles0,
-                            _stats_delta(before, ps.stats()))
+                            stats_delta(before, ps.stats()))
 
     def _run(self, b: _Prepared):
         """Pull, step, push, tick for one batch; returns the (device) loss."""
@@ -426,12 +315,3 @@ def _aligned_empty(shape: tuple[int, int]) -> np.ndarray:
     raw = np.empty(n + 64, np.uint8)
     offset = (-raw.ctypes.data) % 64
     return raw[offset:offset + n].view(np.float32).reshape(shape)
-
-
-def _stats_delta(before: dict, after: dict) -> dict:
-    """The PS counters' increase between two ``ps.stats()``, and the local share of pulls."""
-    out = {k: v - before.get(k, 0) for k, v in after.items()
-           if k not in _NOT_COUNTERS and isinstance(v, (int, float))}
-    pulls = out.get("pull_local", 0) + out.get("pull_remote", 0)
-    out["local_fraction"] = out.get("pull_local", 0) / pulls if pulls else 1.0
-    return out

@@ -17,10 +17,10 @@ cores shared by the ranks, their XLA threads and the PS. Nothing here blocks in 
     syncs, drops: the adaptive technique's traffic), and up to ``MAX_IDLE_SLEEP`` after
     ``QUIET_AFTER`` seconds without traffic. While the user's thread drives progress
     itself (waiting), the service thread stands down.
-  * A waiting thread polls without sleeping for ``SPIN_S`` (``sched_yield`` between polls,
-    so the core's other threads and processes run), then backs off like the service
-    thread: a timed sleep costs ~70 us more than asked on this VM (ping-pong round trip
-    through mpi4py: 4 us busy-polling, 15 us with sched_yield, 210 us with sleep(0)).
+  * A waiting thread polls without sleeping for ``SPIN_S`` (where each rank has a core of
+    its own), then backs off like the service thread: a timed sleep costs ~70 us more
+    than asked on this VM (ping-pong round trip through mpi4py: 4 us busy-polling, 15 us
+    with sched_yield, 210 us with sleep(0)).
 
 Emulated network (``net_latency_s``, ``net_bandwidth``): each envelope carries its send
 time; a received envelope is handled only once ``send time + latency + its bytes /
@@ -39,7 +39,6 @@ it: a PS with a dead service thread would leave the other ranks hanging.
 from __future__ import annotations
 
 import collections
-import os
 import sys
 import threading
 import time
@@ -250,9 +249,11 @@ class Transport:
                     sleep = MIN_SLEEP
                     continue
                 if time.perf_counter() < spin_until:
-                    # Gives the core to the other threads and processes on it, and the GIL
-                    # back, for ~1 us (time.sleep(0) sleeps ~100 us here: the timer slack).
-                    os.sched_yield()
+                    # A plain poll, not sched_yield: a yield hands the core to any other
+                    # runnable process, even a niced or SCHED_IDLE one, which then keeps it
+                    # until the next scheduler tick (ms; measured: 2 ranks at a third of
+                    # their speed beside background jobs). The spin is short and only runs
+                    # where each rank has a core of its own (``spin_s``).
                     continue
                 if event.wait(sleep):
                     return

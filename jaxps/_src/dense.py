@@ -1,35 +1,33 @@
-"""The ``local`` baseline of the benchmark: one process, whole tables in memory, no PS.
+"""DenseTrainer: the same training without a PS -- whole tables as jax arrays, one process.
 
-The physical limit the parameter server is measured against: the same tables (initial
-values from ``TableSpec``, so a 1-rank PS run starts from identical rows), the same loss,
-the same row optimizer and the same batches as ``jaxps.SparseTrainer``, but each table is
-one jax array and a step is one jitted call that gathers the batch's rows, computes
-loss and gradients, applies the row optimizer and scatters the new rows back, with the
-tables donated so XLA updates them in place. Batches are prepared (padded to the trainer's
-bucket sizes) in a background thread, as the trainer does, and steps are dispatched
-asynchronously: the host never waits for a step except to read the losses at the end.
+The reference a PS run is measured and tested against: the same tables (initial values
+from ``TableSpec``, so a 1-rank PS run starts from identical rows), the same loss, row
+optimizer and batches as ``SparseTrainer``, through the same batch pipeline
+(``pipeline.Prefetcher``, ``read_batch``, bucket sizes), but each table is one jax array
+and a step is one jitted call that gathers the batch's rows, computes loss and gradients,
+applies the row optimizer and scatters the new rows back, with the tables donated so XLA
+updates them in place. Steps are dispatched asynchronously: the host never waits for a
+step except to read the losses at the end. For tables that fit one process's memory.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxps import Batch, bucket_size, initial_rows, loss_and_row_deltas
+from .pipeline import Prefetcher, bucket_size, read_batch
+from .tables import initial_rows
+from .trainer import loss_and_row_deltas
 
 _CHUNK = 1 << 16   # keys per chunk when computing initial rows (bounds temporary memory)
-_DONE = object()
 
 
-class LocalMetrics(NamedTuple):
-    """What ``LocalTrainer.train`` measured (field meanings as in ``jaxps.EpochMetrics``)."""
+class DenseMetrics(NamedTuple):
+    """What ``DenseTrainer.train`` measured (field meanings as in ``jaxps.EpochMetrics``)."""
 
     losses: list       # float per batch
     examples: int
@@ -48,8 +46,8 @@ def initial_table(spec, name: str) -> np.ndarray:
     return out
 
 
-class LocalTrainer:
-    """Train ``loss_fn`` on whole in-memory tables: the PS trainer's semantics, no PS.
+class DenseTrainer:
+    """Train ``loss_fn`` on whole in-memory tables: SparseTrainer's semantics, no PS.
 
     Args:
       tables: table name -> jaxps.TableSpec (rows: parameter then optimizer state).
@@ -70,7 +68,7 @@ class LocalTrainer:
         self._dims = {t: tables[t].dim for t in self._opt}
         self._num_keys = {t: tables[t].num_keys for t in self._opt}
         self.min_bucket = min_bucket
-        self.tables = {t: jnp.asarray(initial_table(tables[t], t)) for t in self._opt}
+        self.tables = {t: jax.numpy.asarray(initial_table(tables[t], t)) for t in self._opt}
         self._compiles = 0
         self._step = jax.jit(self._make_step(loss_fn), donate_argnums=0)
 
@@ -99,39 +97,18 @@ class LocalTrainer:
         return step
 
     def _prepare(self, item) -> tuple:
-        keys, data, n = item if isinstance(item, Batch) else (*item, None)[:3]
+        keys, data, n = read_batch(item, self._opt)
         padded = {}
-        for t in self._opt:
-            k = np.asarray(keys[t], np.int64)
+        for t, k in keys.items():
             size = bucket_size(len(k), min_size=self.min_bucket)
             size = self._floor[t] = max(size, self._floor[t])  # (batch thread only)
             # Distinct out-of-range keys keep the index sorted and unique.
             pad = self._num_keys[t] + np.arange(size - len(k), dtype=np.int64)
-            padded[t] = np.concatenate([k, pad]).astype(np.int32)
-        data = jax.tree_util.tree_map(np.asarray, data)
-        if n is None:
-            leaves = jax.tree_util.tree_leaves(data)
-            n = len(leaves[0]) if leaves and np.ndim(leaves[0]) else 1
-        return padded, data, int(n)
-
-    def _produce(self, batches: Iterable, out: queue.Queue, stop: threading.Event) -> None:
-        try:
-            for item in batches:
-                prepared = self._prepare(item)
-                while not stop.is_set():
-                    try:
-                        out.put(prepared, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            out.put(_DONE)
-        except BaseException as e:  # re-raised by train()
-            out.put(e)
+            padded[t] = np.concatenate([k.astype(np.int64), pad]).astype(np.int32)
+        return padded, data, n
 
     def train(self, batches: Iterable, *, prefetch: int = 4,
-              on_batch: Callable[[int, float], None] | None = None) -> LocalMetrics:
+              on_batch: Callable[[int, float], None] | None = None) -> DenseMetrics:
         """One pass over ``batches`` (``jaxps.Batch`` or ``(keys, data)``); waits for the
         last step before returning, so ``seconds`` covers all the work.
 
@@ -139,41 +116,20 @@ class LocalTrainer:
         warm-up, not for timing)."""
         compiles0 = self._compiles
         t0 = time.perf_counter()
-        q: queue.Queue = queue.Queue(maxsize=prefetch)
-        stop = threading.Event()
-        producer = threading.Thread(target=self._produce, args=(batches, q, stop),
-                                    name="bench-local-batches", daemon=True)
-        producer.start()
         losses, examples = [], 0
-        try:
-            while True:
-                item = q.get()
-                if item is _DONE:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
+        with Prefetcher(batches, self._prepare, prefetch, "jaxps-dense-batches") as source:
+            while (item := source.get()) is not None:
                 keys, data, n = item
                 self.tables, loss = self._step(self.tables, keys, data)
                 losses.append(loss)
                 examples += n
                 if on_batch is not None:
                     on_batch(n, float(loss))
-        finally:
-            stop.set()
-            producer.join()
         jax.block_until_ready(self.tables)
         seconds = time.perf_counter() - t0
-        return LocalMetrics([float(x) for x in losses], examples, len(losses), seconds,
+        return DenseMetrics([float(x) for x in losses], examples, len(losses), seconds,
                             self._compiles, self._compiles - compiles0)
 
     def rows(self, table: str) -> np.ndarray:
         """The whole table as numpy (parameter and state columns)."""
         return np.asarray(self.tables[table])
-
-
-if __name__ == "__main__":
-    import argparse
-    argparse.ArgumentParser(
-        prog="python -m train.bench_local",
-        description="A library module, not a program: LocalTrainer, the no-PS baseline of "
-                    "`python -m train.bench` (technique `local`; docs/bench.md).").parse_args()
