@@ -7,7 +7,7 @@ import JAX on first use.
 
 from ._src.checkpoint import CheckpointError as CheckpointError
 from ._src.checkpoint import list_checkpoints as list_checkpoints
-from ._src.checkpoint import load_checkpoint as load_checkpoint
+from ._src.checkpoint_load import load_checkpoint as load_checkpoint
 from ._src.checkpoint import read_manifest as read_manifest
 from ._src.checkpoint import save_checkpoint as save_checkpoint
 from ._src.errors import InputError as InputError

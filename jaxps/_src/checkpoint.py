@@ -16,7 +16,7 @@ a failed save removes its temporary files on every rank.
 
 Load, on any rank count and technique: right after the PS is built every key sits at its home
 ``k % size``, so rank r reads, from every shard, only the rows whose home it is and sets
-them (a local write). The files are read in chunks (``_CHUNK_BYTES``) and verified against
+them (a local write). The files are read in chunks (``CHUNK_BYTES``) and verified against
 the manifest's checksums on the way, so memory per rank stays about the size of its share
 of the rows (which the PS holds anyway) plus one chunk.
 
@@ -37,11 +37,10 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from .errors import InputError
 
 FORMAT = "jaxps-checkpoint"
 FORMAT_VERSION = 1
-_CHUNK_BYTES = 8 << 20  # rows per read/write chunk: bounds the memory a save/load adds
+CHUNK_BYTES = 8 << 20  # rows per read/write chunk: bounds the memory a save/load adds
 
 
 class CheckpointError(RuntimeError):
@@ -115,7 +114,7 @@ def _write_table_shard(ps, table: str, folder: Path, rank: int) -> dict:
     out = {"count": int(len(keys))}
     out["keys"] = _write_npy(folder / f"{base}.keys.npy", np.dtype(np.int64), (len(keys),),
                              [keys])
-    chunk = max(1, _CHUNK_BYTES // (4 * width))
+    chunk = max(1, CHUNK_BYTES // (4 * width))
     # Owned keys: each pull is a local copy of one chunk of rows.
     rows = (ps.pull(table, keys[a:a + chunk]) for a in range(0, len(keys), chunk))
     out["rows"] = _write_npy(folder / f"{base}.rows.npy", np.dtype(np.float32),
@@ -208,146 +207,22 @@ def read_manifest(path) -> dict:
     try:
         manifest = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CheckpointError(f"{path} is not a checkpoint (no manifest.json){_previous(path)}") \
+        raise CheckpointError(f"{path} is not a checkpoint (no manifest.json){previous_note(path)}") \
             from None
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint manifest {file} is unreadable ({e}){_previous(path)}") \
+        raise CheckpointError(f"checkpoint manifest {file} is unreadable ({e}){previous_note(path)}") \
             from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{file} is not a jaxps checkpoint manifest{_previous(path)}")
+        raise CheckpointError(f"{file} is not a jaxps checkpoint manifest{previous_note(path)}")
     if manifest.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{file}: checkpoint format version {manifest.get('version')}, "
                               f"this jaxps reads version {FORMAT_VERSION}")
     return manifest
 
 
-def _previous(path: Path) -> str:
+def previous_note(path: Path) -> str:
     older = [p for p in list_checkpoints(path.parent) if p.name < path.name]
     return f"; the previous checkpoint is at {older[-1]}" if older else ""
 
 
 # ----- load ------------------------------------------------------------------------------------
-def load_checkpoint(ps, path, *, comm: MPI.Comm | None = None) -> dict:
-    """Collective: set every row of ``ps`` from checkpoint folder ``path``; returns its manifest.
-
-    Works for any rank count and technique (the checkpoint's may differ). Precondition: no
-    key has moved since the PS was built (call it right after construction), so that each
-    rank's ``set`` of the keys whose home it is stays local; otherwise it is still correct,
-    only slower. Raises CheckpointError on every rank when a shard is missing, truncated or
-    fails its checksum, or the tables differ; the message names the shard and the previous
-    checkpoint. After an error the PS holds a mix of rows: load another checkpoint.
-    """
-    comm = MPI.COMM_WORLD if comm is None else comm
-    rank, size = comm.Get_rank(), comm.Get_size()
-    path = Path(path)
-    ps.barrier()
-    error = None
-    manifest = None
-    try:
-        manifest = read_manifest(path)
-        _check_tables(manifest, ps, path)
-        n_shards = len(manifest["shards"])
-        for i, shard in enumerate(manifest["shards"]):
-            for table in sorted(ps.tables):
-                _load_shard_table(ps, table, path, shard[table], i, n_shards, rank, size)
-    except CheckpointError as e:
-        error = str(e)
-    except InputError as e:  # e.g. NaN rows: only a damaged or diverged checkpoint has them
-        error = f"checkpoint {path}: {e}{_previous(path)}"
-    errors = [e for e in comm.allgather(error) if e]
-    if errors:
-        raise CheckpointError(errors[0])
-    ps.wait_sync()  # replicas of the new rows everywhere before anyone reads them
-    return manifest
-
-
-def _check_tables(manifest: dict, ps, path: Path) -> None:
-    have = manifest.get("tables", {})
-    want = {t: {"num_keys": s.num_keys, "width": s.width} for t, s in ps.tables.items()}
-    diffs = []
-    for t in sorted(set(have) | set(want)):
-        if t not in have or t not in want:
-            diffs.append(f"table {t!r} only in the {'checkpoint' if t in have else 'PS'}")
-            continue
-        for k in ("num_keys", "width"):
-            if have[t].get(k) != want[t][k]:
-                diffs.append(f"table {t!r} {k}: checkpoint {have[t].get(k)}, PS {want[t][k]}")
-    if diffs:
-        raise CheckpointError(f"checkpoint {path} does not fit this ParameterServer: "
-                              + "; ".join(diffs))
-
-
-def _load_shard_table(ps, table: str, path: Path, files: dict, index: int, n_shards: int,
-                      rank: int, size: int) -> None:
-    """Stream one shard's keys and rows, verify them, set the keys whose home is ``rank``."""
-    where = f"checkpoint shard {index + 1} of {n_shards} (table {table!r})"
-    width = ps.tables[table].width
-    keys_file, rows_file = (path / files["keys"]["file"]), (path / files["rows"]["file"])
-    count = files["count"]
-    with _Reader(keys_file, files["keys"], where, np.int64, (count,)) as kr, \
-            _Reader(rows_file, files["rows"], where, np.float32, (count, width)) as rr:
-        chunk = max(1, _CHUNK_BYTES // (4 * width))
-        for a in range(0, count, chunk):
-            n = min(chunk, count - a)
-            keys, rows = kr.read(n), rr.read(n)
-            if len(keys) and (keys.min() < 0 or keys.max() >= ps.tables[table].num_keys):
-                raise CheckpointError(f"{where}: {keys_file} has keys outside "
-                                      f"[0, {ps.tables[table].num_keys}){_previous(path)}")
-            mine = keys % size == rank
-            if mine.any():
-                ps.set(table, keys[mine], rows[mine])
-        kr.finish()
-        rr.finish()
-
-
-class _Reader:
-    """Reads an .npy in chunks, hashing every byte; ``finish`` checks size and sha256."""
-
-    def __init__(self, file: Path, info: dict, where: str, dtype, shape):
-        self.file, self.info, self.where = file, info, where
-        self.dtype, self.shape = np.dtype(dtype), shape
-        self.row_bytes = self.dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
-
-    def _fail(self, reason: str):
-        return CheckpointError(f"{self.where}: {self.file}: {reason}"
-                               f"{_previous(self.file.parent)}")
-
-    def __enter__(self):
-        try:
-            self.f = open(self.file, "rb")
-        except FileNotFoundError:
-            raise self._fail("missing") from None
-        except OSError as e:
-            raise self._fail(f"unreadable ({e})") from e
-        self.digest = hashlib.sha256()
-        try:
-            version = np.lib.format.read_magic(self.f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, fortran, dtype = read_header(self.f)
-        except (ValueError, OSError, EOFError) as e:
-            raise self._fail(f"not a valid .npy file ({e})") from e
-        if tuple(shape) != tuple(self.shape) or dtype != self.dtype or fortran:
-            raise self._fail(f"holds {dtype} {tuple(shape)}, the manifest says "
-                             f"{self.dtype} {tuple(self.shape)}")
-        end = self.f.tell()
-        self.f.seek(0)
-        self.digest.update(self.f.read(end))
-        return self
-
-    def read(self, n: int) -> np.ndarray:
-        data = self.f.read(n * self.row_bytes)
-        if len(data) != n * self.row_bytes:
-            raise self._fail(f"truncated (file of {self.file.stat().st_size} bytes, the "
-                             f"manifest says {self.info['bytes']})")
-        self.digest.update(data)
-        return np.frombuffer(data, self.dtype).reshape((n, *self.shape[1:]))
-
-    def finish(self) -> None:
-        if self.f.read(1):
-            raise self._fail("longer than its array (trailing bytes)")
-        if self.digest.hexdigest() != self.info["sha256"]:
-            raise self._fail("checksum mismatch (the file changed after it was written)")
-
-    def __exit__(self, *exc):
-        self.f.close()

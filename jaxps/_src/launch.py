@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from mpi4py import MPI
 
-from .transport import abort_now
+from .abort import abort_now
 
 _hooks_installed = False
 

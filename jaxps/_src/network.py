@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import collections
 import math
 import os
+import time
+
+import numpy as np
 
 from mpi4py import MPI
 
 from .errors import InputError
+from .protocol import envelope_send_ns
 
 
 def cores_shared(comm: MPI.Comm) -> bool:
@@ -36,3 +41,45 @@ def emulated_network() -> tuple[float, float]:
                              f"(unset it for no emulated network)")
         values.append(value * scale)
     return values[0], values[1]
+
+
+class EmulatedNetwork:
+    """Holds received envelopes until a network of ``latency_s`` one-way latency and
+    ``bandwidth`` bytes/s would have delivered them (0, 0: off). FIFO per peer holds:
+    an envelope is due no earlier than the previous one from the same peer."""
+
+    def __init__(self, size: int, latency_s: float, bandwidth: float):
+        self._latency_ns = int(latency_s * 1e9)
+        self._ns_per_byte = 1e9 / bandwidth if bandwidth else 0.0
+        self.on = bool(self._latency_ns or self._ns_per_byte)
+        self._held: collections.deque = collections.deque()  # (due ns, source, buf)
+        self._due_from = np.zeros(size, np.int64)     # last delivery time per peer
+
+    @property
+    def empty(self) -> bool:
+        return not self._held
+
+    def hold(self, source: int, buf: np.ndarray) -> None:
+        """Hold ``buf`` (sent at the time in its envelope header) until it is due."""
+        due = max(envelope_send_ns(buf) + self._latency_ns, int(self._due_from[source]))
+        due += int(len(buf) * self._ns_per_byte)
+        self._due_from[source] = due
+        # One latency for all: envelopes become due in arrival order, except that a
+        # bandwidth cap can make a big one from one peer due after a small one from another.
+        self._held.append((due, source, buf))
+        if len(self._held) > 1 and self._held[-2][0] > due:
+            self._held = collections.deque(sorted(self._held, key=lambda x: x[0]))
+
+    def due(self) -> list:
+        """(source, envelope) of the held envelopes now due, in delivery order."""
+        out = []
+        if self._held:
+            now = time.monotonic_ns()
+            while self._held and self._held[0][0] <= now:
+                _, source, buf = self._held.popleft()
+                out.append((source, buf))
+        return out
+
+    def next_due_s(self) -> float:
+        """Seconds until the next held envelope is due."""
+        return (self._held[0][0] - time.monotonic_ns()) / 1e9

@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 import traceback
 from collections.abc import Mapping
 
 import numpy as np
 from mpi4py import MPI
 
-from . import access, stats as counters, validate
-from .adaptive import Adaptive
+from . import access, registry, stats as counters, validate, waiting
 from .errors import InputError
 from .handles import Handle
 from .network import cores_shared, emulated_network
-from .policy import PolicyView, Technique
+from .policy import PolicyView
 from .protocol import Tag
 from .replication import ReplicatingEngine
 from .store import TableState
 from .sync import SyncRounds
 from .tables import TableSpec
-from .techniques import TECHNIQUES, Classic, Relocation, Replication
-from .transport import SPIN_S, Transport, abort_now
+from .abort import abort_now
+from .transport import SPIN_S, Transport
 
 
 class ParameterServer:
@@ -76,7 +74,7 @@ class ParameterServer:
             if not isinstance(name, str) or not isinstance(spec, TableSpec):
                 raise InputError(f"tables[{name!r}] must map a str name to a jaxps.TableSpec, "
                                  f"got {type(spec).__name__}")
-        self._technique = make_technique(technique)
+        self._technique = registry.make(technique)
         self._comm = (MPI.COMM_WORLD if comm is None else comm).Clone()
         self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
         self._check_finite = check_finite
@@ -186,7 +184,7 @@ class ParameterServer:
         keys = validate.keys(t.name, t.spec, keys)
         deltas = validate.rows(t.name, t.spec, deltas, keys, "deltas",
                                check_finite=self._check_finite)
-        keys, deltas = _sum_duplicates(keys, deltas)
+        keys, deltas = validate.sum_duplicates(keys, deltas)
         return self._write(Tag.PUSH, t, keys, deltas)
 
     def set(self, table: str, keys, values) -> None:
@@ -215,7 +213,7 @@ class ParameterServer:
     def localize_async(self, table: str, keys) -> Handle | None:
         """Non-blocking ``localize``; returns a handle (None if the technique ignores it)."""
         t = self._table(table)
-        keys = _unique(validate.keys(t.name, t.spec, keys))
+        keys = validate.unique(validate.keys(t.name, t.spec, keys))
         with self._engine.lock:
             h = self._technique.localize(self._view, self._policy, t.name, keys)
             self._flush()
@@ -238,7 +236,7 @@ class ParameterServer:
         start, end = validate.clock_range(start, end)
         if self.size == 1:
             return  # every key is here already: nothing to act on
-        keys = _unique(keys)
+        keys = validate.unique(keys)
         with self._engine.lock:
             self._technique.on_intent(self._view, self._policy, t.name, keys, start, end)
 
@@ -294,32 +292,11 @@ class ParameterServer:
         While it waits, this thread receives and handles the PS's messages itself (the
         reply it waits for among them), instead of waking the transport thread for them.
         """
-        if handle is None:
-            return None
-        if not handle.done():
-            t0 = time.perf_counter()
-            transport = self._engine.transport
-            if transport is None:
-                handle._event.wait()
-            else:
-                if self._engine.has_unsent:
-                    with self._engine.lock:
-                        self._engine.flush()
-                transport.drive(handle.done, handle._event)
-            dt = time.perf_counter() - t0
-            self._stats["wait_seconds"] += dt
-            self._stats[f"wait_{handle.kind}_seconds"] += dt
-        return handle.result
+        return waiting.wait(self._engine, handle)
 
     def wait_all(self) -> None:
         """Wait for every operation this rank has started (including technique actions)."""
-        while True:
-            with self._engine.lock:
-                pending = list(self._engine.handles.values())
-            if not pending:
-                return
-            for h in pending:
-                self.wait(h)
+        waiting.wait_all(self._engine)
 
     def wait_sync(self) -> None:
         """Collective: afterwards every write issued anywhere before the call is visible
@@ -341,17 +318,7 @@ class ParameterServer:
 
     def barrier(self) -> None:
         """Collective: wait for own operations, then for every rank to arrive."""
-        with self._engine.lock:
-            self._engine.flush_owner_updates()
-            self._flush()
-        self.wait_all()
-        if self.size > 1:
-            done = self._engine.transport.barrier()
-            t0 = time.perf_counter()
-            self._engine.transport.drive(done.is_set, done)
-            dt = time.perf_counter() - t0
-            self._stats["wait_seconds"] += dt
-            self._stats["wait_barrier_seconds"] += dt
+        waiting.barrier(self._engine)
 
     # ----- introspection ---------------------------------------------------------------
     def stats(self) -> dict:
@@ -363,12 +330,7 @@ class ParameterServer:
         ``sync_rounds``, ``max_staleness`` (clocks; <= staleness_bound), ``wait_seconds``
         (time blocked in PS calls), ``owned`` keys per table, ``local_fraction``.
         """
-        with self._engine.lock:
-            out = dict(self._stats)
-            out["owned"] = {t.name: t.store.num_owned for t in self._engine.tables}
-            out["replicas"] = sum(t.replicas.count for t in self._engine.tables
-                                  if t.replicas is not None)
-        return counters.with_local_fraction(out)
+        return counters.snapshot(self._engine)
 
     def reset_stats(self) -> None:
         """Zero this rank's counters."""
@@ -388,41 +350,3 @@ class ParameterServer:
         if self._closed:
             raise InputError("the ParameterServer is closed")
         return t
-
-
-def _unique(keys: np.ndarray) -> np.ndarray:
-    """Sorted unique keys; O(n) when they are already (the trainer's batches are)."""
-    if len(keys) < 2 or (keys[1:] > keys[:-1]).all():
-        return keys
-    return np.unique(keys)
-
-
-def _sum_duplicates(keys: np.ndarray, rows: np.ndarray):
-    """(unique keys, summed rows). Sorting int keys is cheap; the sum runs only if needed."""
-    if len(keys) < 2 or (keys[1:] > keys[:-1]).all():  # sorted unique: the trainer's case
-        return keys, rows
-    order = np.argsort(keys, kind="stable")
-    sk = keys[order]
-    first = np.empty(len(sk), bool)
-    first[0] = True
-    np.not_equal(sk[1:], sk[:-1], out=first[1:])
-    if first.all():
-        return keys, rows
-    starts = np.flatnonzero(first)
-    return sk[starts], np.add.reduceat(rows[order], starts, axis=0)
-
-
-def make_technique(technique) -> Technique:
-    """The policy object for a technique name (or a Technique instance, returned as is)."""
-    if isinstance(technique, Technique):
-        return technique
-    available = {"classic": Classic, "replication": Replication, "relocation": Relocation,
-                 "adaptive": Adaptive}
-    if technique in available:
-        return available[technique]()
-    if technique == "nups":
-        raise InputError("technique 'nups' needs its hot set: pass technique=jaxps.Nups("
-                         "hot_keys={table: keys}) or jaxps.Nups(access_counts={table: counts}, "
-                         "hot_fraction=0.01)")
-    raise InputError(f"unknown technique {technique!r}; choose one of {TECHNIQUES} "
-                     f"or pass a jaxps technique object such as jaxps.Nups(hot_keys=...)")

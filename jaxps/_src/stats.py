@@ -28,6 +28,17 @@ def with_local_fraction(out: dict) -> dict:
     return out
 
 
+def snapshot(engine) -> dict:
+    """``ParameterServer.stats()``: the counters, keys owned per table, replicas held,
+    ``local_fraction``. Takes the engine lock."""
+    with engine.lock:
+        out = dict(engine.stats)
+        out["owned"] = {t.name: t.store.num_owned for t in engine.tables}
+        out["replicas"] = sum(t.replicas.count for t in engine.tables
+                              if t.replicas is not None)
+    return with_local_fraction(out)
+
+
 def delta(before: dict, after: dict) -> dict:
     """The counters' increase between two ``ps.stats()``, and the local share of pulls."""
     return with_local_fraction({k: v - before.get(k, 0) for k, v in after.items()

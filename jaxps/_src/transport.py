@@ -42,13 +42,14 @@ import collections
 import sys
 import threading
 import time
-import traceback
 from typing import Callable
 
 import numpy as np
 from mpi4py import MPI
 
 from . import protocol
+from .abort import abort_job, abort_now
+from .network import EmulatedNetwork
 
 MIN_SLEEP = 50e-6
 BUSY_MAX_SLEEP = 2e-4      # cap while peers wait for answers: a pull waits <= ~0.3 ms
@@ -58,22 +59,6 @@ QUIET_AFTER = 0.25
 URGENT_FOR = 0.05          # seconds an urgent request keeps the service thread quick
 SPIN_S = 3e-4  # about one service interval of a busy peer: its answer usually lands here
 ENVELOPE_TAG = 7
-
-
-def abort_job(where: str) -> None:
-    """Print the active exception and bring down every rank of the job."""
-    sys.stderr.write(f"[jaxps rank {MPI.COMM_WORLD.Get_rank()}] fatal error in {where}:\n")
-    traceback.print_exc(file=sys.stderr)
-    abort_now()
-
-
-def abort_now() -> None:
-    """MPI_Abort on COMM_WORLD, after giving the launcher time to forward what was printed
-    (Hydra kills every process at once, and output still in its pipes can be lost)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    time.sleep(0.5)
-    MPI.COMM_WORLD.Abort(1)
 
 
 class PeerTimeout(RuntimeError):
@@ -117,10 +102,7 @@ class Transport:
         size = comm.Get_size()
         self._sent_to = np.zeros(size, np.int64)      # envelopes sent to each rank
         self._received_from = np.zeros(size, np.int64)
-        self._latency_ns = int(net_latency_s * 1e9)
-        self._ns_per_byte = 1e9 / net_bandwidth if net_bandwidth else 0.0
-        self._delayed: collections.deque = collections.deque()  # (due ns, source, buf)
-        self._due_from = np.zeros(size, np.int64)     # last delivery time per peer (FIFO)
+        self._net = EmulatedNetwork(size, net_latency_s, net_bandwidth)
         self._progress_lock = threading.Lock()
         self._spin_s = spin_s
         self._peer_timeout = peer_timeout
@@ -148,8 +130,7 @@ class Transport:
     def post(self, dest: int, parts: list[np.ndarray]) -> None:
         """Send the messages ``parts`` to ``dest`` as one envelope. Engine lock held;
         the buffers must not be modified afterwards."""
-        buf = protocol.envelope(parts, time.monotonic_ns() if self._latency_ns or
-                                self._ns_per_byte else 0)
+        buf = protocol.envelope(parts, time.monotonic_ns() if self._net.on else 0)
         req = self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=ENVELOPE_TAG)
         with self._inflight_lock:
             self._inflight.append((req, buf))
@@ -181,16 +162,13 @@ class Transport:
             self._stats["messages_received"] += 1
             self._received_from[source] += 1
             progressed = True
-            if self._latency_ns or self._ns_per_byte:
-                self._delay(source, buf)
+            if self._net.on:
+                self._net.hold(source, buf)
             else:
                 self._handle(source, buf)
-        if self._delayed:
-            now = time.monotonic_ns()
-            while self._delayed and self._delayed[0][0] <= now:
-                _, source, buf = self._delayed.popleft()
-                self._handle(source, buf)
-                progressed = True
+        for source, buf in self._net.due():
+            self._handle(source, buf)
+            progressed = True
         if self._poll is not None:
             self._poll()
         if self._collectives or self._active:
@@ -222,18 +200,6 @@ class Transport:
                 f"rank {peer} has sent nothing for {now - self._heard[peer]:.0f} s "
                 f"(peer_timeout={self._peer_timeout:g} s): it is stopped, hung, or its host "
                 f"is gone; ending the job")
-
-    def _delay(self, source: int, buf: np.ndarray) -> None:
-        """Hold ``buf`` until the emulated network would have delivered it."""
-        sent = protocol.envelope_send_ns(buf)
-        due = max(sent + self._latency_ns, int(self._due_from[source]))
-        due += int(len(buf) * self._ns_per_byte)
-        self._due_from[source] = due
-        # One latency for all: envelopes become due in arrival order, except that a
-        # bandwidth cap can make a big one from one peer due after a small one from another.
-        self._delayed.append((due, source, buf))
-        if len(self._delayed) > 1 and self._delayed[-2][0] > due:
-            self._delayed = collections.deque(sorted(self._delayed, key=lambda x: x[0]))
 
     def drive(self, done: Callable[[], bool], event: threading.Event) -> None:
         """Make progress from the calling thread until ``done()``: polls for ``SPIN_S``
@@ -292,7 +258,7 @@ class Transport:
         # The buffers stay referenced (self) until the exchange completes.
         self._quiesce_bufs = sent, expected = self._sent_to.copy(), np.zeros_like(self._sent_to)
         req = self.comm.Ialltoall([sent, MPI.INT64_T], [expected, MPI.INT64_T])
-        return req, lambda: bool((self._received_from >= expected).all()) and not self._delayed
+        return req, lambda: bool((self._received_from >= expected).all()) and self._net.empty
 
     def _progress_collectives(self) -> bool:
         progressed = False
@@ -344,8 +310,8 @@ class Transport:
                 continue
             if self._drivers:
                 sleep = BUSY_MAX_SLEEP  # the waiting thread polls (delayed envelopes too)
-            elif self._delayed:  # wake when the next emulated delivery is due
-                sleep = min(sleep, (self._delayed[0][0] - time.monotonic_ns()) / 1e9)
+            elif not self._net.empty:  # wake when the next emulated delivery is due
+                sleep = min(sleep, self._net.next_due_s())
             # Never a zero wait: a loop that does not block would hold the GIL until the
             # interpreter's switch interval (5 ms) takes it away.
             self._wake.wait(max(sleep, MIN_SLEEP / 4))

@@ -69,3 +69,25 @@ def clock_range(start, end) -> tuple[int, int]:
     if not isinstance(end, (int, np.integer)) or end <= start:
         raise InputError(f"intent end must be an int > start={start}, got {end!r}")
     return int(start), int(end)
+
+
+def unique(keys: np.ndarray) -> np.ndarray:
+    """Sorted unique keys; O(n) when they are already (the trainer's batches are)."""
+    if len(keys) < 2 or (keys[1:] > keys[:-1]).all():
+        return keys
+    return np.unique(keys)
+
+
+def sum_duplicates(keys: np.ndarray, rows: np.ndarray):
+    """(unique keys, summed rows). Sorting int keys is cheap; the sum runs only if needed."""
+    if len(keys) < 2 or (keys[1:] > keys[:-1]).all():  # sorted unique: the trainer's case
+        return keys, rows
+    order = np.argsort(keys, kind="stable")
+    sk = keys[order]
+    first = np.empty(len(sk), bool)
+    first[0] = True
+    np.not_equal(sk[1:], sk[:-1], out=first[1:])
+    if first.all():
+        return keys, rows
+    starts = np.flatnonzero(first)
+    return sk[starts], np.add.reduceat(rows[order], starts, axis=0)

@@ -1,0 +1,26 @@
+"""Ending the whole MPI job from any rank and thread (a dead rank must not leave others
+waiting forever)."""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+
+from mpi4py import MPI
+
+
+def abort_job(where: str) -> None:
+    """Print the active exception and bring down every rank of the job."""
+    sys.stderr.write(f"[jaxps rank {MPI.COMM_WORLD.Get_rank()}] fatal error in {where}:\n")
+    traceback.print_exc(file=sys.stderr)
+    abort_now()
+
+
+def abort_now() -> None:
+    """MPI_Abort on COMM_WORLD, after giving the launcher time to forward what was printed
+    (Hydra kills every process at once, and output still in its pipes can be lost)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    time.sleep(0.5)
+    MPI.COMM_WORLD.Abort(1)
