@@ -11,8 +11,24 @@ from mpi4py import MPI
 
 import jaxps
 
+from tests.conftest import REPO
+
 COMM = MPI.COMM_WORLD
-MULTI = list(jaxps.TECHNIQUES)  # every correctness test runs once per technique
+# Every correctness test runs once per technique, and once with the example technique
+# of docs/techniques.md ("custom"), written against jaxps.Technique and PolicyView alone.
+MULTI = [*jaxps.TECHNIQUES, "custom"]
+
+
+def doc_technique() -> type:
+    """The technique class defined by the first Python block of docs/techniques.md."""
+    text = (REPO / "docs" / "techniques.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "docs/techniques.md", "exec"), namespace)
+    found = [v for v in namespace.values() if isinstance(v, type)
+             and issubclass(v, jaxps.Technique) and v is not jaxps.Technique]
+    assert len(found) == 1, f"docs/techniques.md defines {len(found)} techniques"
+    return found[0]
 
 
 def assert_all(ok: bool, msg: str) -> None:
@@ -33,6 +49,8 @@ def make_ps(technique, **tables):
     if technique == "nups":
         technique = jaxps.Nups(hot_keys={name: np.arange(0, spec.num_keys, 7)
                                          for name, spec in tables.items()})
+    elif technique == "custom":
+        technique = doc_technique()(hot_after=2, drop_every=3)
     return jaxps.ParameterServer(tables, technique=technique)
 
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import jaxps
-from tests.mpi_suite.conftest import COMM, assert_all, make_ps, rng_for
+from tests.mpi_suite.conftest import COMM, assert_all, doc_technique, make_ps, rng_for
 
 RANK, SIZE = COMM.rank, COMM.size
-REPLICATING = ["replication", "nups", "adaptive"]
+REPLICATING = ["replication", "nups", "adaptive", "custom"]
 
 
 @pytest.mark.parametrize("technique", REPLICATING)
@@ -186,3 +186,28 @@ def test_intents_far_ahead_act_when_due():
     name, got, want = expected
     assert_all(got == want and moved["replicas_created"] == 0,
                f"{name} {got}, expected {want}; replicas created {moved['replicas_created']}")
+
+
+@pytest.mark.skipif(COMM.size == 1, reason="one rank owns every key: nothing moves")
+def test_doc_technique_moves_then_copies():
+    """The example technique of docs/techniques.md does what it says: keys intended by
+    several ranks first move (hand-overs), and once asked for often, are copied."""
+    technique = doc_technique()(hot_after=2, drop_every=1000)
+    K = 64
+    with jaxps.ParameterServer({"e": jaxps.TableSpec(K, 2, init="zeros")},
+                               technique=technique) as ps:
+        keys = np.arange(K)
+        for clock in range(6):
+            ps.intent("e", keys, ps.clock + 1)
+            ps.wait_all()
+            ps.push("e", keys, np.ones((K, 2), np.float32))
+            ps.advance_clock()
+        ps.wait_sync()
+        stats = ps.stats()
+        rows = ps.pull("e", keys)
+    # (pickle-based reductions only once the PS is closed: see ParameterServer)
+    moved = COMM.allreduce(stats["relocations"])
+    copied = COMM.allreduce(stats["replicas_created"])
+    assert_all(moved > 0, f"no key moved ({moved})")
+    assert_all(copied > 0, f"no replica was made ({copied})")
+    assert_all(np.allclose(rows, 6 * COMM.size), f"lost updates: {rows[:3, 0]}")
