@@ -42,7 +42,7 @@ class Tag(enum.IntEnum):
     RELOCATE = 7    # home -> owner it knows: hand keys over to aux; forwarded like a
                     #   PULL (hints, home) if the keys moved on meanwhile
     TRANSFER = 8    # old owner -> new owner: the rows (req/origin of the localize or
-                    #   intent); pos = transfer_pos(relocation counter, replica holders)
+                    #   intent); pos = versioned(relocation counter, replica holders)
     SYNC = 9        # replica -> owner: add the delta rows of the first m keys; pos = the
                     #   stamp of the row each replica copies            -> SYNC_REPLY
     SYNC_REPLY = 10 # owner -> replica: fresh rows of the first m keys (those whose stamp
@@ -56,7 +56,7 @@ class Tag(enum.IntEnum):
     DROP = 14       # replica -> owner: residual delta of a dropped replica -> WRITE_ACK
     OWNER = 15      # old owner -> home: new owners of keys; pos = versioned(relocation
                     #   counter, new owner); the home ignores updates older than the newest
-                    #   it has seen. Batched: sent every 2 ms at most, and at clock ticks.
+                    #   it has seen. Batched: at sync clocks, or after OWNER_BATCH_S (5 ms).
 
 
 REQUESTS = frozenset({Tag.PULL, Tag.PUSH, Tag.SET, Tag.RELOCATE, Tag.SYNC, Tag.INTENT,
