@@ -56,7 +56,7 @@ class Tag(enum.IntEnum):
     DROP = 14       # replica -> owner: residual delta of a dropped replica -> WRITE_ACK
     OWNER = 15      # old owner -> home: new owners of keys; pos = versioned(relocation
                     #   counter, new owner); the home ignores updates older than the newest
-                    #   it has seen. Batched: at sync clocks, or after OWNER_BATCH_S (5 ms).
+                    #   it has seen. Batched: at clock ticks, or after OWNER_BATCH_S (2 ms).
 
 
 REQUESTS = frozenset({Tag.PULL, Tag.PUSH, Tag.SET, Tag.RELOCATE, Tag.SYNC, Tag.INTENT,

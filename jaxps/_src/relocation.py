@@ -27,9 +27,9 @@ from .message import Msg
 from .protocol import Tag
 from .store import ABSENT, INCOMING, TableState
 
-# How long OWNER updates wait to be sent together, unless a sync clock sends them first
+# How long OWNER updates wait to be sent together, unless a clock tick sends them first
 # (meanwhile the old owner's hint routes requests for the key).
-OWNER_BATCH_S = 5e-3
+OWNER_BATCH_S = 2e-3
 
 
 class RelocatingEngine(Engine):
