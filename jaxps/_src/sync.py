@@ -35,9 +35,6 @@ class SyncRounds:
         self._fresh_as_of = {t.index: 0 for t in engine.tables}
         self._started = {t.index: -(1 << 30) for t in engine.tables}  # clock of the last round
 
-    def is_sync_clock(self, clock: int) -> bool:
-        return clock % self.every == 0
-
     def tick(self, clock: int) -> None:
         """After ``advance_clock``: collect finished rounds, start due ones."""
         for t in self._engine.tables:
