@@ -222,7 +222,7 @@ class _RecordingPs(ParameterServer):
         super().__init__(*args, **kwargs)
         self.intents = []
 
-    def _intent_unsent(self, table, keys, start, end=None):  # what the trainer calls
+    def _intent_unsent(self, table, keys, start, end=None, checked=False):  # what the trainer calls
         self.intents.append((table, np.asarray(keys).copy(), start, self.clock))
         super()._intent_unsent(table, keys, start, end)
 

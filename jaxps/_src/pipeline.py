@@ -10,7 +10,7 @@ are padded to a few bucket sizes (``bucket_size``) so a step compiles once per s
 
 from __future__ import annotations
 
-import queue
+import collections
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, NamedTuple
@@ -120,11 +120,20 @@ class Prefetcher:
     """``prepare(item)`` of every batch of ``batches``, made by a background thread up to
     ``size`` ahead. ``get()`` returns the next prepared batch, None at the end, and raises
     what the source or ``prepare`` raised. Use as a context manager: leaving it stops and
-    joins the thread (also when the training thread fails mid-epoch)."""
+    joins the thread (also when the training thread fails mid-epoch).
+
+    The producer, once the buffer is full, sleeps until the training thread has taken half
+    of it (not until it takes one): one wake-up per ``size // 2`` batches instead of one per
+    batch (``queue.Queue`` woke it at every get; py-spy: ~5% of the training thread's time
+    in that notify, on 2 ranks with lookahead 8)."""
 
     def __init__(self, batches: Iterable, prepare: Callable, size: int, name: str):
-        self._q: queue.Queue = queue.Queue(maxsize=size)
-        self._stop = threading.Event()
+        self._items: collections.deque = collections.deque()
+        self._cond = threading.Condition()
+        self._size = max(1, size)
+        self._low = self._size // 2
+        self._stopped = False
+        self._producer_waits = self._consumer_waits = False
         self._thread = threading.Thread(target=self._produce, args=(batches, prepare),
                                         name=name, daemon=True)
 
@@ -133,26 +142,40 @@ class Prefetcher:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
         self._thread.join()
 
     def get(self):
-        item = self._q.get()
+        with self._cond:
+            while not self._items:
+                self._consumer_waits = True
+                self._cond.wait()
+                self._consumer_waits = False
+            item = self._items[0]
+            if item is not _DONE:  # the end stays, for later calls
+                self._items.popleft()
+            if self._producer_waits and len(self._items) <= self._low:
+                self._cond.notify()
         if item is _DONE:
-            self._q.put(_DONE)  # later calls see the end too
             return None
         if isinstance(item, BaseException):
             raise item
         return item
 
     def _put(self, x) -> bool:
-        while not self._stop.is_set():  # the training thread may have stopped taking
-            try:
-                self._q.put(x, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        with self._cond:
+            while len(self._items) >= self._size and not self._stopped:
+                self._producer_waits = True
+                self._cond.wait()
+                self._producer_waits = False
+            if self._stopped:  # the training thread stopped taking
+                return False
+            self._items.append(x)
+            if self._consumer_waits:
+                self._cond.notify()
+        return True
 
     def _produce(self, batches: Iterable, prepare: Callable) -> None:
         try:

@@ -228,15 +228,19 @@ class ParameterServer:
         self._intent_unsent(table, keys, start, end)
         self._send_queued()
 
-    def _intent_unsent(self, table: str, keys, start: int, end: int | None = None) -> None:
+    def _intent_unsent(self, table: str, keys, start: int, end: int | None = None, *,
+                       checked: bool = False) -> None:
         """``intent`` whose messages wait for ``_send_queued`` (the trainer signals every
-        table's intents, then sends them in one envelope per owner)."""
+        table's intents, then sends them in one envelope per owner). ``checked``: keys
+        are ``_checked_keys``, sorted and unique already (the trainer's batches)."""
         t = self._table(table)
-        keys = validate.keys(t.name, t.spec, keys)
+        if not checked:
+            keys = validate.keys(t.name, t.spec, keys)
         start, end = validate.clock_range(start, end)
         if self.size == 1:
             return  # every key is here already: nothing to act on
-        keys = validate.unique(keys)
+        if not checked:
+            keys = validate.unique(keys)
         with self._engine.lock:
             self._technique.on_intent(self._view, self._policy, t.name, keys, start, end)
 

@@ -229,7 +229,7 @@ class SparseTrainer:
             if self.lookahead:
                 for table, keys in item.keys.items():
                     if len(keys):
-                        ps._intent_unsent(table, keys, ps.clock + ahead)
+                        ps._intent_unsent(table, keys, ps.clock + ahead, checked=True)
                 ps._send_queued()  # every table's intents in one envelope per owner
             window.append(item)
 
