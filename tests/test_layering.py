@@ -56,3 +56,15 @@ def test_layers():
         if path.parts[-2] == "models" or "models" in path.relative_to(REPO).parts[:1]:
             assert not any(i == "jaxps" or i.startswith("jaxps.") for i in found), \
                 f"{path.relative_to(REPO)}: models are pure JAX functions, no PS inside"
+
+
+def test_techniques_use_only_the_policy_view():
+    """Techniques (and the documented example) touch no private name of another object:
+    they are written against jaxps.Technique and PolicyView alone."""
+    for name in ("techniques.py", "adaptive.py"):
+        tree = ast.parse((REPO / "jaxps" / "_src" / name).read_text())
+        bad = [f"{name}:{n.lineno} {ast.unparse(n)}" for n in ast.walk(tree)
+               if isinstance(n, ast.Attribute) and n.attr.startswith("_")
+               and not n.attr.startswith("__")
+               and not (isinstance(n.value, ast.Name) and n.value.id == "self")]
+        assert not bad, f"private access from a technique: {bad}"
