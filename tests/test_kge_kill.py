@@ -57,7 +57,7 @@ def test_sigkill_of_rank_1_ends_the_job_naming_it(tmp_path):
     out, elapsed = _finish(proc, 30)
     assert proc.returncode != 0, out[-3000:]
     assert elapsed < 30, f"took {elapsed:.1f} s"
-    assert re.search(rf"\[jaxps rank 0\] rank 1 \(pid {pids[1]}@\S+\) died without a message",
+    assert re.search(rf"\[jaxps\] rank 1 \(pid {pids[1]}@\S+\) died without a message",
                      out), out[-3000:]
 
 

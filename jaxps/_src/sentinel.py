@@ -7,8 +7,12 @@ process group) does not reach it, and it holds the rank's stderr. It waits on a 
 rank of its host and on an abstract Unix datagram socket ``\\0jaxps-TOKEN-sRANK`` where the
 ranks say ``bye R`` (ending on purpose) or ``abort R`` (about to call MPI_Abort after
 printing their error). The first rank of the host that ends without either is the one that
-died; the sentinel of the lowest other rank of the host prints "rank R (pid P@host) died"
-on the job's stderr. A sentinel ends as soon as its own rank has ended (so the launcher,
+died, and one sentinel prints "[jaxps] rank R (pid P@host) died ..." on the job's stderr
+(it tells the others with ``claim R``). A sentinel is sure which rank died first when a poll shows that one
+death alone (pidfds stay readable, and the launcher kills the others only after the first);
+a sentinel that saw several at once waits ``CLAIM_WAIT_S`` for a sure one's claim, then
+names them all ("rank 1 or rank 0"). Set ``JAXPS_SENTINEL_LOG=PREFIX`` to log what each
+sentinel saw. A sentinel ends as soon as its own rank has ended (so the launcher,
 which waits for the rank's output pipes to close, is never held up) and kills its rank if
 it is still alive ``KILL_AFTER_S`` after a peer died (a launcher that does not end the job
 by itself, such as ``mpiexec -disable-auto-cleanup``).
@@ -24,6 +28,8 @@ import sys
 import time
 
 KILL_AFTER_S = 2.0
+CLAIM_WAIT_S = 0.05
+CLAIM_STAGGER_S = 0.01
 
 
 def main(argv: list[str]) -> int:
@@ -44,36 +50,42 @@ def main(argv: list[str]) -> int:
     for fd in fds:
         poller.register(fd, select.POLLIN)
     left: set[int] = set()
-    ending = False  # a rank said abort, or a death was seen: report nothing more
+    ending = False  # a rank said abort, or a death was reported: report nothing more
+    claimed = False  # another sentinel of this host reported the death
     kill_at = None
+    debug = os.environ.get("JAXPS_SENTINEL_LOG")
     while True:
         timeout = None if kill_at is None else max(0.0, kill_at - time.monotonic()) * 1000
         ready = [fd for fd, _ in poller.poll(timeout)]
-        while True:  # read every bye first: a rank says it before it ends
-            try:
-                data = sock.recv(64).decode(errors="replace").split()
-            except BlockingIOError:
-                break
-            if len(data) == 2 and data[1].isdigit():
-                left.add(int(data[1]))
-                ending = ending or data[0] == "abort"
+        claimed = _read(sock, left) or claimed  # every bye first: a rank says it before it ends
+        ending = ending or "abort" in left
         dead = []
         for fd in ready:
             if fd in fds:
                 dead.append(fds.pop(fd))
                 poller.unregister(fd)
                 os.close(fd)
-        culprits = [r for r in dead if r not in left]
+        culprits = sorted(r for r in dead if r not in left)
+        if debug and dead:
+            with open(f"{debug}.{me}", "a") as f:
+                f.write(f"{time.time():.6f} dead {dead} culprits {culprits} left {left}\n")
         if culprits and not ending:
             ending = True
-            others = [r for r in where if r not in culprits]
-            if others and min(others) == me:
-                names = " or ".join(f"rank {r} (pid {where[r]})" for r in sorted(culprits))
-                sys.stderr.write(
-                    f"[jaxps rank {me}] {names} died without a message (killed by a signal "
-                    "such as SIGKILL or the out-of-memory killer, or it crashed); the job "
-                    "ends\n")
-                sys.stderr.flush()
+            # pidfds stay readable: a poll that shows one death shows the first one (the
+            # launcher kills the others only after it), and is sure. A later poll may show
+            # several: then it is only sure that one of them was first.
+            if len(culprits) == 1 or not _wait_for_claim(sock, left):
+                # Sure sentinels usually wake within a millisecond of each other: in host
+                # order, each waits a little for an earlier one's claim.
+                time.sleep(CLAIM_STAGGER_S * sorted(where).index(me))
+                claimed = _read(sock, left) or claimed
+                if not claimed:
+                    _claim(sock, me, where)
+                    names = " or ".join(f"rank {r} (pid {where[r]})" for r in culprits)
+                    sys.stderr.write(
+                        f"[jaxps] {names} died without a message (killed by a signal such as "
+                        "SIGKILL or the out-of-memory killer, or it crashed); the job ends\n")
+                    sys.stderr.flush()
             kill_at = time.monotonic() + KILL_AFTER_S
         if me in dead:
             return 0
@@ -84,6 +96,42 @@ def main(argv: list[str]) -> int:
                 pass
             return 0
 
+
+def _read(sock: socket.socket, left: set) -> bool:
+    """Read every waiting datagram; ranks that said bye/abort go to ``left`` (and "abort"
+    itself when one did). True if another sentinel claimed the report."""
+    claimed = False
+    while True:
+        try:
+            data = sock.recv(64).decode(errors="replace").split()
+        except BlockingIOError:
+            return claimed
+        if len(data) == 2 and data[1].isdigit():
+            if data[0] == "claim":
+                claimed = True
+            else:
+                left.add(int(data[1]))
+                if data[0] == "abort":
+                    left.add("abort")
+
+
+def _wait_for_claim(sock: socket.socket, left: set) -> bool:
+    """An unsure sentinel gives a sure one (which saw one death alone) a moment to speak."""
+    end = time.monotonic() + CLAIM_WAIT_S
+    while time.monotonic() < end:
+        if select.select([sock], [], [], end - time.monotonic())[0] and _read(sock, left):
+            return True
+    return False
+
+
+def _claim(sock: socket.socket, me: int, where: dict) -> None:
+    token = sock.getsockname()[1:].decode().rsplit("-s", 1)[0]
+    for r in where:
+        if r != me:
+            try:
+                sock.sendto(f"claim {me}".encode(), f"\0{token}-s{r}".encode())
+            except OSError:
+                pass
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the ranks' to handle

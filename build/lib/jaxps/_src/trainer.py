@@ -1,0 +1,437 @@
+"""SparseTrainer: the JAX glue on top of the PS (intents, pull, one jitted step, push).
+
+Per batch t (clock c):
+  1. ``ps.intent(table, keys of batch t + L, c + L)`` for the batch ``lookahead`` L ahead,
+     before batch t runs, so the PS can move those rows here while batch t computes;
+  2. pull the rows of batch t (whole rows: parameter + optimizer state);
+  3. one jitted step: loss, gradients w.r.t. the parameter columns, the row optimizer's
+     update, returned as whole-row deltas (those of padding rows are never pushed);
+  4. ``push_async`` the deltas (the PS's read-your-writes fence orders them before the next
+     pull of the same keys), then ``ps.advance_clock()``.
+A background thread reads the batch source, builds unique keys and pads them to bucket
+sizes, ahead of the step (the jitted step releases the GIL). Unique-key counts are padded
+to a few bucket sizes so the step stops compiling after warm-up; ``compiles`` counts traces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .errors import InputError
+from .row_optim import RowOptimizer
+
+_NOT_COUNTERS = ("local_fraction", "max_staleness", "owned", "replicas")  # gauges, not counters
+
+
+class Batch(NamedTuple):
+    """One batch of a batch source.
+
+    Attributes:
+      keys: table -> unique int64 keys [U_t] the batch touches.
+      data: a pytree of numpy arrays; it refers to rows by position (int32 indices into
+        ``keys[table]``). Keep its shapes fixed across batches (pad the last batch) so the
+        step does not recompile.
+      num_examples: examples in the batch, for examples/s; default: the leading dimension
+        of the first leaf of ``data``.
+    """
+
+    keys: Mapping[str, np.ndarray]
+    data: Any
+    num_examples: int | None = None
+
+
+def index_batch(ids: Mapping[str, np.ndarray | Sequence[np.ndarray]]):
+    """Raw ids per table -> (unique keys per table, int32 positions with the ids' structure).
+
+    Args:
+      ids: table -> an int array of ids (any shape), or a sequence of such arrays (e.g.
+        heads, tails and negatives all from the entity table).
+
+    Returns:
+      ``(keys, positions)``: ``keys[t]`` sorted unique int64; ``positions[t]`` int32 arrays
+      shaped like the input (a list when a sequence was given) with
+      ``keys[t][positions[t]] == ids[t]``.
+    """
+    keys, positions = {}, {}
+    for table, raw in ids.items():
+        parts = [np.asarray(raw)] if isinstance(raw, np.ndarray) else [np.asarray(a) for a in raw]
+        for a in parts:
+            if a.dtype.kind not in "iu":
+                raise InputError(f"index_batch: ids of table {table!r} must be integers, got "
+                                 f"dtype {a.dtype}; convert with .astype(np.int64)")
+        flat = np.concatenate([a.ravel() for a in parts]) if parts else np.zeros(0, np.int64)
+        uniq, inverse = np.unique(flat.astype(np.int64, copy=False), return_inverse=True)
+        inverse = inverse.astype(np.int32).ravel()
+        split = np.split(inverse, np.cumsum([a.size for a in parts])[:-1])
+        out = [s.reshape(a.shape) for s, a in zip(split, parts)]
+        keys[table] = uniq
+        positions[table] = out[0] if isinstance(raw, np.ndarray) else out
+    return keys, positions
+
+
+def bucket_size(n: int, *, min_size: int = 64) -> int:
+    """Padded size for ``n`` unique keys: the smallest of min_size * {1, 1.5} * 2**k >= n.
+
+    Two sizes per power of two: at most a third of the rows are padding, and the sizes
+    a run meets are few, so each is compiled once.
+    """
+    base = min_size
+    while True:
+        if n <= base:
+            return base
+        if n <= base + base // 2:
+            return base + base // 2
+        base *= 2
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochMetrics:
+    """What ``SparseTrainer.train_epoch`` measured over one pass of a batch source.
+
+    Attributes:
+      loss: mean batch loss, weighted by examples.
+      examples, batches: processed on this rank.
+      seconds: wall time of the epoch on this rank.
+      examples_per_s: examples / seconds (this rank).
+      compiles: traces of the step so far (cumulative); new_compiles: during this epoch.
+      ps: this epoch's PS counters of this rank (pulls/pushes local and remote, bytes,
+        relocations, wait_seconds) and ``local_fraction`` = local pulls / all pulls.
+    """
+
+    loss: float
+    examples: int
+    batches: int
+    seconds: float
+    examples_per_s: float
+    compiles: int
+    new_compiles: int
+    ps: dict
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class _Prepared(NamedTuple):
+    keys: dict          # table -> int64 [U_t]
+    sizes: dict         # table -> padded size B_t
+    data: Any           # pytree of numpy arrays
+    num_examples: int
+
+
+_DONE = object()
+
+
+class SparseTrainer:
+    """Train a pure JAX loss over PS rows: intents ahead, pull, one jitted step, push.
+
+    Args:
+      ps: the ParameterServer holding the tables.
+      loss_fn: pure JAX ``(rows, data) -> scalar`` where ``rows[table]`` is float32
+        [B_t, dim_t] (the parameter columns of the batch's unique keys, in key order,
+        followed by zero padding rows up to the bucket size B_t) and ``data`` the batch's
+        data pytree (it indexes rows by position, so padding rows are never read).
+      optimizers: table -> RowOptimizer; the table's TableSpec must have
+        ``state_dim == optimizer.state_dim(dim)``. Tables not listed are not trained.
+      lookahead: L >= 0: before batch t runs, signal intent for batch t + L (0: no intents).
+        The default 2 leaves the PS two steps to bring a batch's rows here: with 1, rows
+        that arrive a moment after their step began are pulled remotely (measured on
+        kge-zipf-small, 2 ranks, adaptive: 85% of pulls local with 1, 98.8% with 2).
+      prefetch: batches prepared ahead by the background thread (>= lookahead + 1).
+      min_bucket: the smallest padded unique-key count.
+      max_keys: table -> the most unique keys a batch can have (e.g. KGE entities:
+        2 x batch size + negatives). Given, every batch of the table is padded to that one
+        bucket size, so the step compiles once (``compile``) and never mid-epoch. Without
+        it the padded size only grows (the largest bucket met so far), so a run compiles
+        at most a few times, early.
+
+    Thread-safety: one thread drives a trainer; the trainer runs one background thread
+    per ``train_epoch`` for the batch source (which must therefore be safe to iterate in
+    another thread).
+    """
+
+    def __init__(self, ps, loss_fn: Callable, optimizers: Mapping[str, RowOptimizer], *,
+                 lookahead: int = 2, prefetch: int = 4, min_bucket: int = 64,
+                 max_keys: Mapping[str, int] | None = None):
+        if not optimizers:
+            raise InputError("SparseTrainer: optimizers must map at least one table to a "
+                             "RowOptimizer, e.g. {'entity': jaxps.row_adagrad(0.1)}")
+        if not isinstance(lookahead, int) or lookahead < 0:
+            raise InputError(f"SparseTrainer: lookahead must be an int >= 0, got {lookahead!r}")
+        self.ps = ps
+        self.lookahead = lookahead
+        self.prefetch = max(prefetch, lookahead + 1)
+        self.min_bucket = min_bucket
+        self._opt = dict(optimizers)
+        self._dims, self._widths = {}, {}
+        for table, opt in self._opt.items():
+            spec = ps.tables.get(table)
+            if spec is None:
+                raise InputError(f"SparseTrainer: no table {table!r} in the ParameterServer")
+            if spec.state_dim != opt.state_dim(spec.dim):
+                raise InputError(
+                    f"table {table!r}: TableSpec.state_dim={spec.state_dim} but {opt.name} "
+                    f"needs {opt.state_dim(spec.dim)} state columns for dim={spec.dim}; build "
+                    f"it as TableSpec(..., state_dim=opt.state_dim(dim), "
+                    f"state_init=opt.state_init)")
+            self._dims[table] = spec.dim
+            self._widths[table] = spec.width
+        # Padded size per table: never shrinks, so shapes (and compiles) settle early.
+        self._floor = {t: min_bucket for t in self._opt}
+        for table, n in (max_keys or {}).items():
+            if table not in self._opt:
+                raise InputError(f"SparseTrainer: max_keys names {table!r}, which has no "
+                                 f"optimizer; trained tables are {sorted(self._opt)}")
+            if not isinstance(n, (int, np.integer)) or n < 1:
+                raise InputError(f"SparseTrainer: max_keys[{table!r}] must be an int >= 1, "
+                                 f"got {n!r}")
+            self._floor[table] = bucket_size(int(n), min_size=min_bucket)
+        self._fixed = set(max_keys or ())
+        self._check_finite = getattr(ps, "_check_finite", True)
+        self._compiles = 0
+        self._step = jax.jit(self._make_step(loss_fn))
+
+    @property
+    def compiles(self) -> int:
+        """How many times the step was traced (once per new combination of shapes)."""
+        return self._compiles
+
+    def _make_step(self, loss_fn: Callable) -> Callable:
+        opts, dims = self._opt, self._dims
+
+        def step(rows, counts, data):
+            self._compiles += 1  # runs while tracing only: counts compilations
+            loss, deltas = loss_and_row_deltas(loss_fn, opts, dims, rows, data)
+            finite = jnp.isfinite(loss)
+            for t, delta in deltas.items():
+                # Checked here, fused into the step, instead of a pass over the deltas on
+                # the host at every push (the PS's check_finite). Padding rows are left as
+                # they come (only the first counts[t] rows are pushed), but not checked.
+                valid = jnp.arange(delta.shape[0]) < counts[t]
+                finite &= (jnp.isfinite(delta) | ~valid[:, None]).all()
+            return loss, deltas, finite
+
+        return step
+
+    # ----- the background producer --------------------------------------------------------
+    def _prepare(self, item) -> _Prepared:
+        if isinstance(item, Batch):
+            keys, data, n = item
+        elif isinstance(item, tuple) and len(item) in (2, 3):
+            keys, data, n = (*item, None) if len(item) == 2 else item
+        else:
+            raise InputError("a batch source must yield (keys, data) or jaxps.Batch, got "
+                             f"{type(item).__name__}")
+        prepared = {}
+        for table in self._opt:
+            if table not in keys:
+                raise InputError(f"batch has no keys for table {table!r}; give every trained "
+                                 f"table's keys (possibly empty), got {sorted(keys)}")
+            k = np.asarray(keys[table])
+            if k.ndim != 1 or k.dtype.kind not in "iu":
+                raise InputError(f"batch keys of table {table!r} must be a 1-D int array, got "
+                                 f"{k.dtype} {k.shape}; build them with jaxps.index_batch")
+            k = self.ps._checked_keys(table, k)  # once here, not at every PS call
+            if len(k) > 1 and not (k[1:] > k[:-1]).all() and len(np.unique(k)) != len(k):
+                raise InputError(f"batch keys of table {table!r} have duplicates; a batch "
+                                 f"lists each key once (build them with jaxps.index_batch)")
+            if table in self._fixed and len(k) > self._floor[table]:
+                raise InputError(f"batch has {len(k)} keys of table {table!r}, more than "
+                                 f"SparseTrainer's max_keys bucket {self._floor[table]}; "
+                                 f"raise max_keys[{table!r}]")
+            prepared[table] = k
+        data = jax.tree_util.tree_map(np.asarray, data)
+        if n is None:
+            leaves = jax.tree_util.tree_leaves(data)
+            n = len(leaves[0]) if leaves and np.ndim(leaves[0]) else 1
+        sizes = {t: bucket_size(len(k), min_size=self.min_bucket) for t, k in prepared.items()}
+        return _Prepared(prepared, sizes, data, int(n))
+
+    def _padded_sizes(self, b: _Prepared) -> dict:
+        """Bucket sizes for ``b`` on the training thread: at least the floor, which grows."""
+        for t, n in b.sizes.items():
+            if n > self._floor[t]:
+                self._floor[t] = n
+        return dict(self._floor)
+
+    def compile(self, example) -> int:
+        """Compile the step for ``example`` (a batch as the source yields it) now, at the
+        padded sizes later batches will use; returns the number of new compilations.
+
+        With ``max_keys`` for every trained table this is the only compilation of a run:
+        call it before the first epoch so that no epoch stalls mid-way (and timings never
+        include one). Runs the step once on zero rows, which changes nothing in the PS.
+        """
+        b = self._prepare(example)
+        before = self._compiles
+        sizes = self._padded_sizes(b)
+        rows = {t: np.zeros((sizes[t], self._widths[t]), np.float32) for t in b.keys}
+        counts = {t: np.int32(0) for t in b.keys}
+        out = self._step(rows, counts, b.data)
+        jax.block_until_ready(out)
+        return self._compiles - before
+
+    def _produce(self, batches: Iterable, out: queue.Queue, stop: threading.Event) -> None:
+        def put(x) -> bool:
+            while not stop.is_set():
+                try:
+                    out.put(x, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            for item in batches:
+                if not put(self._prepare(item)):
+                    return
+            put(_DONE)
+        except BaseException as e:  # handed to the training thread, which re-raises it
+            put(e)
+
+    # ----- the training loop --------------------------------------------------------------
+    def train_epoch(self, batches: Iterable, *,
+                    on_batch: Callable[[int, float], None] | None = None) -> EpochMetrics:
+        """One pass over ``batches`` (an iterable of ``(keys, data)`` or ``Batch``).
+
+        Args:
+          batches: see ``Batch``; iterated in a background thread.
+          on_batch: called after each step with (num_examples, loss) (e.g. a progress bar).
+
+        Returns:
+          EpochMetrics. Afterwards every push of this rank has completed
+          (``ps.wait_all``); call ``ps.wait_sync()`` (collective) before reading other
+          ranks' updates.
+        """
+        ps = self.ps
+        before = ps.stats()
+        compiles0 = self._compiles
+        t0 = time.perf_counter()
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        producer = threading.Thread(target=self._produce, args=(batches, q, stop),
+                                    name="jaxps-batches", daemon=True)
+        producer.start()
+        window: deque[_Prepared] = deque()
+        exhausted = False
+
+        def next_batch(ahead: int) -> None:
+            """Take one prepared batch; signal its intent for clock + ahead."""
+            nonlocal exhausted
+            item = q.get()
+            if item is _DONE:
+                exhausted = True
+                return
+            if isinstance(item, BaseException):
+                raise item
+            if self.lookahead:
+                for table, keys in item.keys.items():
+                    if len(keys):
+                        ps._intent_unsent(table, keys, ps.clock + ahead)
+                ps._send_queued()  # every table's intents in one envelope per owner
+            window.append(item)
+
+        losses, weights, examples, nbatches = [], [], 0, 0
+        try:
+            while not exhausted and len(window) < self.lookahead:
+                next_batch(len(window))
+            while True:
+                if not exhausted:
+                    next_batch(self.lookahead)  # batch t + L, before batch t runs
+                if not window:
+                    break
+                b = window.popleft()
+                loss = self._run(b)
+                # The step has finished (its deltas were pushed): reading the loss is a
+                # copy of one float. (A jnp.stack of the epoch's losses at the end compiled
+                # a new concatenation for every epoch length: ~0.5 ms per batch.)
+                loss = float(loss)
+                losses.append(loss)
+                weights.append(b.num_examples)
+                examples += b.num_examples
+                nbatches += 1
+                if on_batch is not None:
+                    on_batch(b.num_examples, loss)
+        finally:
+            stop.set()
+            producer.join()
+        ps.wait_all()
+        seconds = time.perf_counter() - t0
+        loss = float(np.dot(losses, weights) / sum(weights)) if losses else float("nan")
+        return EpochMetrics(loss, examples, nbatches, seconds, examples / max(seconds, 1e-9),
+                            self._compiles, self._compiles - compiles0,
+                            _stats_delta(before, ps.stats()))
+
+    def _run(self, b: _Prepared):
+        """Pull, step, push, tick for one batch; returns the (device) loss."""
+        ps = self.ps
+        sizes = self._padded_sizes(b)
+        rows, counts, handles = {}, {}, []
+        for t, k in b.keys.items():
+            # Rows land directly in the step's padded, aligned input (no second copy).
+            padded = _aligned_empty((sizes[t], self._widths[t]))
+            padded[len(k):] = 0.0
+            handles.append(ps._pull_into(t, k, padded))
+            rows[t], counts[t] = padded, np.int32(len(k))
+        for h in handles:
+            ps.wait(h)
+        loss, deltas, finite = self._step(rows, counts, b.data)
+        if self._check_finite and not bool(finite):
+            raise InputError(
+                f"the step produced NaN or Inf (loss {float(loss)}) at clock {ps.clock}; "
+                f"nothing of this batch was pushed. Lower the learning rate or check the "
+                f"loss for log(0) / division by zero")
+        for t, k in b.keys.items():
+            if len(k):
+                ps._push_checked(t, k, np.asarray(deltas[t])[:len(k)])
+        ps.advance_clock()
+        return loss
+
+
+def loss_and_row_deltas(loss_fn: Callable, optimizers: Mapping[str, RowOptimizer],
+                        dims: Mapping[str, int], rows: Mapping[str, jax.Array], data):
+    """The step's math (traceable): loss, and per table the whole-row delta (parameter
+    update | optimizer state change) of every row of ``rows[t]`` [B_t, dim + state_dim].
+    Shared with the no-PS baseline of the benchmark, so both apply the same additions."""
+    params = {t: r[:, :dims[t]] for t, r in rows.items()}
+    loss, grads = jax.value_and_grad(loss_fn)(params, data)
+    deltas = {}
+    for t, r in rows.items():
+        opt, d = optimizers[t], dims[t]
+        updates, new_state = opt.update(grads[t], opt.unpack(r[:, d:], d), params[t])
+        delta_state = opt.pack(new_state) - r[:, d:]
+        deltas[t] = jnp.concatenate([updates.astype(jnp.float32),
+                                     delta_state.reshape(r.shape[0], -1)], axis=1)
+    return loss, deltas
+
+
+def _aligned_empty(shape: tuple[int, int]) -> np.ndarray:
+    """A fresh float32 array whose data is 64-byte aligned.
+
+    JAX on the CPU uses such a numpy argument in place (zero-copy) instead of copying it
+    into a device buffer: for the rows of a batch this saves a copy of several MB per
+    step. Fresh per batch, because the step may still read it after ``_step`` returns.
+    """
+    n = shape[0] * shape[1] * 4
+    raw = np.empty(n + 64, np.uint8)
+    offset = (-raw.ctypes.data) % 64
+    return raw[offset:offset + n].view(np.float32).reshape(shape)
+
+
+def _stats_delta(before: dict, after: dict) -> dict:
+    """The PS counters' increase between two ``ps.stats()``, and the local share of pulls."""
+    out = {k: v - before.get(k, 0) for k, v in after.items()
+           if k not in _NOT_COUNTERS and isinstance(v, (int, float))}
+    pulls = out.get("pull_local", 0) + out.get("pull_remote", 0)
+    out["local_fraction"] = out.get("pull_local", 0) / pulls if pulls else 1.0
+    return out
