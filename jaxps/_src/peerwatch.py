@@ -6,9 +6,11 @@ cannot be a peer rank: measured with MPICH's Hydra 5.0.2 (the ``mpich`` wheel; `
 proxy that reaps the dead rank sends SIGKILL to every other rank's process group at once,
 with nothing catchable first (no SIGTERM), and the job ends within a second with Hydra's
 "BAD TERMINATION ... PID P RUNNING AT host". A watcher thread inside the surviving ranks
-never got to run (0 of 10 trials). With ``mpiexec -disable-auto-cleanup`` the proxy sends
-SIGUSR1 instead, but in 2 of 5 trials it still killed the survivors within a millisecond,
-and MPICH's SIGUSR1 handler's query of the dead processes crashed the proxy in another.
+(waiting on pidfds of its peers) never got to run (0 of 10 trials). With ``mpiexec
+-disable-auto-cleanup`` the proxy sends SIGUSR1 first and such a thread named the rank in 2
+of 3 trials (in the third, MPICH's SIGUSR1 handler's PMI query of the dead processes crashed
+the proxy: "unable to forward PMI response"), and, with SIGUSR1 ignored, in 3 of 5 (in the
+other two the proxy SIGKILLed the survivors 0.5 ms after its SIGUSR1).
 
 So each rank starts a **sentinel** (``sentinel.py``, stdlib only, ~10 MiB): a child process
 in its own session (out of reach of the process-group kill) that shares the rank's stderr

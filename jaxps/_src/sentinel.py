@@ -8,8 +8,8 @@ rank of its host and on an abstract Unix datagram socket ``\\0jaxps-TOKEN-sRANK`
 ranks say ``bye R`` (ending on purpose) or ``abort R`` (about to call MPI_Abort after
 printing their error). The first rank of the host that ends without either is the one that
 died, and one sentinel prints "[jaxps] rank R (pid P@host) died ..." on the job's stderr
-(it tells the others with ``claim R``). A sentinel is sure which rank died first when a poll shows that one
-death alone (pidfds stay readable, and the launcher kills the others only after the first);
+(it tells the others with ``claim R``). A sentinel is sure which rank died first when a
+poll shows that one death alone (pidfds stay readable, and the launcher kills the others only after the first);
 a sentinel that saw several at once waits ``CLAIM_WAIT_S`` for a sure one's claim, then
 names them all ("rank 1 or rank 0"). Set ``JAXPS_SENTINEL_LOG=PREFIX`` to log what each
 sentinel saw. A sentinel ends as soon as its own rank has ended (so the launcher,
