@@ -47,8 +47,9 @@ def _pidns() -> int:
 class PeerWatch:
     """Collective over ``comm``: start this rank's sentinel; ``table`` is ``[(pid, host)]``.
 
-    Preconditions: called once per process by every rank of ``comm`` (it uses a bcast, an
-    allgather and a barrier), before any rank can end. Does nothing where pidfds or
+    Preconditions: called once per process by every rank of ``comm`` (it uses a bcast and
+    two allgathers: the last one waits until every sentinel listens), before any rank can
+    end. Does nothing where pidfds or
     abstract sockets are missing (not Linux, Linux < 5.3): then only the pid table maps a
     PID to its rank.
     """
