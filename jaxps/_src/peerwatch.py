@@ -30,6 +30,7 @@ import select
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from mpi4py import MPI
@@ -98,6 +99,6 @@ class PeerWatch:
         self._said = True
         for addr in self._peers:
             try:
-                self._sock.sendto(f"{kind} {self.rank}".encode(), addr)
+                self._sock.sendto(f"{kind} {self.rank} {time.monotonic():.6f}".encode(), addr)
             except OSError:
                 pass  # that sentinel ended already

@@ -4,18 +4,22 @@ Usage: ``python sentinel.py TOKEN RANK RANK:PID@HOST ...`` with the ranks of thi
 
 It lives in its own session, so the launcher's clean-up (Hydra sends SIGKILL to each rank's
 process group) does not reach it, and it holds the rank's stderr. It waits on a pidfd per
-rank of its host and on an abstract Unix datagram socket ``\\0jaxps-TOKEN-sRANK`` where the
-ranks say ``bye R`` (ending on purpose) or ``abort R`` (about to call MPI_Abort after
-printing their error). The first rank of the host that ends without either is the one that
-died, and one sentinel prints "[jaxps] rank R (pid P@host) died ..." on the job's stderr
-(it tells the others with ``claim R``). A sentinel is sure which rank died first when a
-poll shows that one death alone (pidfds stay readable, and the launcher kills the others only after the first);
-a sentinel that saw several at once waits ``CLAIM_WAIT_S`` for a sure one's claim, then
-names them all ("rank 1 or rank 0"). Set ``JAXPS_SENTINEL_LOG=PREFIX`` to log what each
-sentinel saw. A sentinel ends as soon as its own rank has ended (so the launcher,
-which waits for the rank's output pipes to close, is never held up) and kills its rank if
-it is still alive ``KILL_AFTER_S`` after a peer died (a launcher that does not end the job
-by itself, such as ``mpiexec -disable-auto-cleanup``).
+rank of its host and on an abstract Unix datagram socket ``\\0jaxps-TOKEN-sRANK`` where
+the ranks say ``bye R`` (ending on purpose) or ``abort R T`` (about to call MPI_Abort
+after printing their error; T: ``time.monotonic()``, one clock for a host's processes).
+The first rank of the host that ends without either is the one that died, and one
+sentinel prints "[jaxps] rank R (pid P@host) died ..." on the job's stderr (it tells the
+others with ``claim R``). A sentinel is sure which rank died first when a poll shows that
+one death alone (pidfds stay readable, and the launcher kills the others only after the
+first); a sentinel that saw several at once waits ``CLAIM_WAIT_S`` for a sure one's claim,
+then names them all ("rank 1 or rank 0"). An abort makes later deaths no news (the
+launcher's kills for it), unless a death is already visible within ``ABORT_S`` of it: a
+survivor's MPI error about the dead rank (seen: "process_vm_readv failed") aborts too.
+Set ``JAXPS_SENTINEL_LOG=PREFIX`` to log what each sentinel saw. A sentinel ends as soon
+as its own rank has ended (it never outlives the job by more than a moment, and holds no
+launcher up), and kills its rank if it is still alive ``KILL_AFTER_S`` after a peer died
+(for a launcher that does not end the job by itself, such as ``mpiexec
+-disable-auto-cleanup``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import time
 KILL_AFTER_S = 2.0
 CLAIM_WAIT_S = 0.05
 CLAIM_STAGGER_S = 0.01
+ABORT_S = 0.3  # below abort_now's 0.5 s wait before MPI_Abort
 
 
 def main(argv: list[str]) -> int:
@@ -50,15 +55,15 @@ def main(argv: list[str]) -> int:
     for fd in fds:
         poller.register(fd, select.POLLIN)
     left: set[int] = set()
-    ending = False  # a rank said abort, or a death was reported: report nothing more
+    ending = False  # a death was reported, or a rank's abort is the news: report no more
+    aborts: list[float] = []  # when ranks of this host said abort (CLOCK_MONOTONIC)
     claimed = False  # another sentinel of this host reported the death
     kill_at = None
     debug = os.environ.get("JAXPS_SENTINEL_LOG")
     while True:
         timeout = None if kill_at is None else max(0.0, kill_at - time.monotonic()) * 1000
         ready = [fd for fd, _ in poller.poll(timeout)]
-        claimed = _read(sock, left) or claimed  # every bye first: a rank says it before it ends
-        ending = ending or "abort" in left
+        claimed = _read(sock, left, aborts) or claimed  # byes first: said before a rank ends
         dead = []
         for fd in ready:
             if fd in fds:
@@ -69,6 +74,12 @@ def main(argv: list[str]) -> int:
         if debug and dead:
             with open(f"{debug}.{me}", "a") as f:
                 f.write(f"{time.time():.6f} dead {dead} culprits {culprits} left {left}\n")
+        if aborts and not ending and not (culprits and time.monotonic() - min(aborts) < ABORT_S):
+            # A rank printed its error and aborts: the ranks the launcher kills for it are no
+            # news. Unless a death is already visible now, soon after the abort was said
+            # (abort_now waits 0.5 s before MPI_Abort, so none of its kills can be): that
+            # death came first, and the abort was a survivor's error about it.
+            ending = True
         if culprits and not ending:
             ending = True
             # pidfds stay readable: a poll that shows one death shows the first one (the
@@ -78,7 +89,7 @@ def main(argv: list[str]) -> int:
                 # Sure sentinels usually wake within a millisecond of each other: in host
                 # order, each waits a little for an earlier one's claim.
                 time.sleep(CLAIM_STAGGER_S * sorted(where).index(me))
-                claimed = _read(sock, left) or claimed
+                claimed = _read(sock, left, aborts) or claimed
                 if not claimed:
                     _claim(sock, me, where)
                     names = " or ".join(f"rank {r} (pid {where[r]})" for r in culprits)
@@ -97,29 +108,29 @@ def main(argv: list[str]) -> int:
             return 0
 
 
-def _read(sock: socket.socket, left: set) -> bool:
-    """Read every waiting datagram; ranks that said bye/abort go to ``left`` (and "abort"
-    itself when one did). True if another sentinel claimed the report."""
+def _read(sock: socket.socket, left: set, aborts: list) -> bool:
+    """Read every waiting datagram: ranks that said bye or abort go to ``left``, the time of
+    each abort to ``aborts``. True if another sentinel claimed the report."""
     claimed = False
     while True:
         try:
             data = sock.recv(64).decode(errors="replace").split()
         except BlockingIOError:
             return claimed
-        if len(data) == 2 and data[1].isdigit():
+        if len(data) >= 2 and data[1].isdigit():
             if data[0] == "claim":
                 claimed = True
             else:
                 left.add(int(data[1]))
                 if data[0] == "abort":
-                    left.add("abort")
+                    aborts.append(float(data[2]) if len(data) > 2 else 0.0)
 
 
 def _wait_for_claim(sock: socket.socket, left: set) -> bool:
     """An unsure sentinel gives a sure one (which saw one death alone) a moment to speak."""
     end = time.monotonic() + CLAIM_WAIT_S
     while time.monotonic() < end:
-        if select.select([sock], [], [], end - time.monotonic())[0] and _read(sock, left):
+        if select.select([sock], [], [], end - time.monotonic())[0] and _read(sock, left, []):
             return True
     return False
 
