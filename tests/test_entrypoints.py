@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import REPO, mpi_env
 
 MODULES = ["train.kge", "train.mf", "train.bench", "train.bench_ps", "train.demo",
-           "train.whatif", "train.whatif_check", "train.compare_pbg",
+           "train.whatif", "train.whatif.check", "train.resume_check", "train.compare_pbg",
            "train.mf.compare_surprise", "train.plot", "train.trace",
            "train.bench_workloads", "train.kge.datasets", "train.kge.predict", "train.kge.plot"]
 

@@ -1,7 +1,11 @@
 """PS demo and technique benchmark: a skewed access trace replayed on every rank,
 once per technique.
 
-Usage (the README's main job until KGE training lands):
+It trains no model: the "step" is a sleep and the data a generated trace, so that the
+techniques' communication can be compared in isolation (README "Performance"; the main job,
+KGE training, is `python -m train.kge`, `./dev.sh run`).
+
+Usage:
     mpiexec -n 2 python -m train.demo [--clocks 200] [--keys 100000] [--dim 64]
     mpiexec -n 4 python -m train.demo --techniques all     # the issue-3 benchmark
     mpiexec -n 2 python -m train.demo --record-trace runs/demo   # then: python -m

@@ -17,9 +17,17 @@ def abort_job(where: str) -> None:
     abort_now()
 
 
+ABORT_HOOKS: list = []  # run by abort_now first (launch.py: tell the sentinels, peerwatch.py)
+
+
 def abort_now() -> None:
     """MPI_Abort on COMM_WORLD, after giving the launcher time to forward what was printed
     (Hydra kills every process at once, and output still in its pipes can be lost)."""
+    for hook in ABORT_HOOKS:
+        try:
+            hook()
+        except Exception:  # noqa: BLE001 - nothing may stop the abort
+            pass
     sys.stdout.flush()
     sys.stderr.flush()
     time.sleep(0.5)

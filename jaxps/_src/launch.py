@@ -22,9 +22,17 @@ from typing import Any, Callable
 
 from mpi4py import MPI
 
-from .abort import abort_now
+from .abort import ABORT_HOOKS, abort_now
+from .peerwatch import PeerWatch
 
 _hooks_installed = False
+_watch: PeerWatch | None = None
+
+
+def _leaving() -> None:
+    """This rank ends on purpose: its sentinel and its host's others must not report it."""
+    if _watch is not None:
+        _watch.leaving("bye")
 
 
 class JobExit(SystemExit):
@@ -101,14 +109,18 @@ def run_main(main: Callable[..., Any], *args, **kwargs) -> Any:
     install_abort_hooks()
     _announce_ranks()
     try:
-        return main(*args, **kwargs)
+        result = main(*args, **kwargs)
+        _leaving()
+        return result
     except JobExit as e:
+        _leaving()
         if _rank() == 0:
             _say(e.message)
         raise SystemExit(e.code) from None
     except SystemExit as e:
         code = e.code
         if code in (None, 0):
+            _leaving()
             raise
         if isinstance(code, str):
             _say(code)
@@ -132,17 +144,21 @@ def run_main(main: Callable[..., Any], *args, **kwargs) -> Any:
 
 
 def _announce_ranks() -> None:
-    """Rank 0 prints every rank's pid and host once: a rank killed outright (SIGKILL, out of
-    memory) cannot say who it was, and the launcher's report names only its PID."""
+    """Rank 0 prints every rank's pid and host once, and every rank starts watching its
+    same-host peers (``PeerWatch``): a rank killed outright (SIGKILL, out of memory) cannot
+    say who it was, and the launcher's report names only its PID."""
+    global _watch
     world = MPI.COMM_WORLD
-    if world.Get_size() == 1:
+    if world.Get_size() == 1 or _watch is not None:
         return
     import os
     import socket
-    where = world.allgather(f"{os.getpid()}@{socket.gethostname()}")
+    table = world.allgather((os.getpid(), socket.gethostname()))
     if world.Get_rank() == 0:
-        _say(f"{world.Get_size()} ranks: " + ", ".join(f"rank {r} = pid {w}"
-                                                      for r, w in enumerate(where)))
+        _say(f"{world.Get_size()} ranks: " + ", ".join(f"rank {r} = pid {p}@{h}"
+                                                      for r, (p, h) in enumerate(table)))
+    _watch = PeerWatch(world, table)
+    ABORT_HOOKS.append(lambda: _watch.leaving("abort"))
 
 
 def run_on_root(fn: Callable[[], Any], *, comm: MPI.Comm | None = None) -> Any:

@@ -7,7 +7,7 @@ real with ``train.bench`` (ranks pinned, ``JAXPS_NET_LATENCY_US`` set), and put 
 predicted exposed communication per step beside the measured wait per step.
 
 Usage:
-    python -m train.whatif_check --workload kge-zipf-small --ranks 2 --latency-us 1000 \
+    python -m train.whatif.check --workload kge-zipf-small --ranks 2 --latency-us 1000 \
         --techniques classic,adaptive --steps 1000 --out runs/whatif-check
 
 The simulator's compute per clock is the measured step time of the ``local`` baseline (1
@@ -92,7 +92,7 @@ def table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.whatif_check",
+    p = argparse.ArgumentParser(prog="python -m train.whatif.check",
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--workload", default="kge-zipf-small", help="a train.bench workload")
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
                 "--net-latency", str(args.latency_us), "--out", str(out / "measured")])
     runs = json.loads((out / "measured" / "results.json").read_text())["runs"]
     trace = record_trace(args.workload, args.ranks, args.steps, args.seed, args.data_root)
-    result = {"command": " ".join(["python -m train.whatif_check", *(argv or sys.argv[1:])]),
+    result = {"command": " ".join(["python -m train.whatif.check", *(argv or sys.argv[1:])]),
               "workload": args.workload, "ranks": args.ranks, "latency_us": args.latency_us,
               "compute_ms": compute_ms,
               "predicted": predicted(trace, techniques, args.ranks, args.latency_us * 1e-6,
