@@ -20,7 +20,8 @@ from train.kge.data import KgeDataset
 MUST_MATCH = ("model", "dim", "optimizer", "reciprocal", "loss", "reg_type")
 # Settings of how a run is driven, not of what it trains: never reported.
 _DRIVING = ("epochs", "resume", "out", "progress", "checkpoint_every", "keep_checkpoints",
-            "peer_timeout", "eval_every", "max_eval", "eval_batch_size")
+            "peer_timeout", "eval_every", "max_eval", "eval_batch_size", "patience",
+            "min_delta", "config", "preset")
 
 
 def dataset_fingerprint(dataset: KgeDataset) -> dict:
