@@ -88,7 +88,7 @@ def load_file(path: str | Path) -> tuple[dict, dict]:
     for key, value in data.items():
         where = f"{path}:{lines.get(key, '?')}: key {key!r}"
         if key == SEARCH_KEY:
-            search = _search_space(value, fields, where)
+            search = _search_space(value, fields, f"{path}:{lines.get(key, '?')}")
             continue
         if key not in fields or key in _NOT_SETTINGS:
             valid = ", ".join(k for k in fields if k not in _NOT_SETTINGS)
@@ -117,11 +117,11 @@ def _check_one(f, value) -> None:
 
 def _search_space(value, fields: dict, where: str) -> dict:
     if not isinstance(value, dict):
-        raise ValueError(f"{where}: expected a mapping of option names to lists of values or "
+        raise ValueError(f"{where}: key 'search': expected a mapping of option names to lists of values or "
                          "{low, high, log} ranges")
     space = {}
     for key, choices in value.items():
-        at = f"{where}.{key}"
+        at = f"{where}: key 'search.{key}'"
         if key not in fields or key in _NOT_SETTINGS:
             raise ValueError(f"{at}: unknown option {key!r}")
         kind = fields[key].type
