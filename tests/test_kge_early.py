@@ -81,3 +81,14 @@ def test_last_epoch_best_is_tested_as_is(graph, tmp_path):
     else:
         assert summary["best_epoch"] == 2 and summary["best_restored"]
     assert summary["stopped"] == "--epochs 4 trained"
+
+
+def test_replay_finds_the_best_checkpoint_again(tmp_path):
+    (tmp_path / "best" / "step-000000000004").mkdir(parents=True)
+    (tmp_path / "best" / "step-000000000004" / "manifest.json").write_text("{}")
+    history = [{"epoch": 2, "valid": {"mrr": 0.3}}, {"epoch": 3},
+               {"epoch": 4, "valid": {"mrr": 0.4}}, {"epoch": 6, "valid": {"mrr": 0.35}}]
+    t = early.BestTracker(patience=3, min_delta=0.0, out=tmp_path)
+    t.replay(history)
+    assert (t.best_epoch, t.best_mrr, t.bad) == (4, 0.4, 1)
+    assert t.best_path == tmp_path / "best" / "step-000000000004"

@@ -131,3 +131,23 @@ def test_1vsall_is_negatives_of_all_entities(tiny_graph):
     assert a["test"]["mrr"] == b["test"]["mrr"]
     c = run(parse_args(base + ["--negatives", "32"]))
     assert c["last_epoch"]["loss"] != a["last_epoch"]["loss"]
+
+
+def test_kvsall_two_ranks_with_early_stopping(tiny_graph, tmp_path):
+    """KvsAll, a plateau schedule and early stopping under mpiexec -n 2: every rank takes the
+    same decisions (a hang or a rank left behind fails the timeout)."""
+    from tests.conftest import mpirun
+
+    out = tmp_path / "kvs2"
+    res = mpirun(2, ["-m", "train.kge", "--data", str(tiny_graph), "--out", str(out),
+                     "--train-type", "KvsAll", "--lr", "0.3", "--lr-schedule", "plateau",
+                     "--lr-patience", "0", "--patience", "1", "--min-delta", "0.5", *TINY,
+                     "--epochs", "8"],
+                 timeout=200)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    # --min-delta 0.5: the second validation (epoch 4 of 8) is not better enough: stop.
+    assert summary["ranks"] == 2 and summary["epochs_trained"] == 4
+    assert summary["stopped"].startswith("early stopping")
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["lr"] <= lines[0]["lr"]
