@@ -81,6 +81,10 @@ def test_preset_picks_the_dataset_model_file(tmp_path, capsys):
         ("../shared/data/codex-s", 512, "1vsAll", "adam", "plateau")
     c = parse_args(["--preset", "libkge", "--data", "fb15k-237", "--epochs", "3"])
     assert (c.epochs, c.negatives, c.dropout) == (3, 1000, 0.5)
+    # --data from the --config file picks the preset; the file then overrides the preset.
+    path = write(tmp_path, "data: codex-s\nbatch_size: 64\n")
+    c = parse_args(["--preset", "libkge", "--config", str(path)])
+    assert (c.data, c.dim, c.batch_size) == ("codex-s", 512, 64)
     err = error_of(["--preset", "libkge", "--data", "nations", "--model", "rotate"], capsys)
     assert "no preset for --data nations --model rotate" in err and "codex-s-complex" in err
 

@@ -170,10 +170,11 @@ def config_files(argv) -> list[Path]:
     if known.preset:
         if known.preset != "libkge":
             raise ValueError(f"--preset {known.preset!r}: the only preset is libkge")
-        model = known.model
-        if not model and known.config:  # the model may come from the file
-            model = load_file(known.config)[0].get("model", "")
-        files.append(preset_path(known.data, model or "complex"))
+        data, model = known.data, known.model
+        if known.config:  # --data / --model may come from the file
+            from_file = load_file(known.config)[0]
+            data, model = data or from_file.get("data", ""), model or from_file.get("model", "")
+        files.append(preset_path(data, model or "complex"))
     if known.config:
         files.append(Path(known.config))
     return files
