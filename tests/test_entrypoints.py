@@ -11,6 +11,7 @@ MODULES = ["train.kge", "train.mf", "train.bench", "train.bench_ps", "train.demo
            "train.whatif", "train.whatif.check", "train.resume_check", "train.compare_pbg",
            "train.mf.compare_surprise", "train.plot", "train.trace",
            "train.bench_workloads", "train.kge.datasets", "train.kge.predict", "train.kge.plot"]
+MODULES += ["train.kge.search"]
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -147,9 +147,10 @@ class SparseTrainer:
     def _make_step(self, loss_fn: Callable) -> Callable:
         opts, dims = self._opt, self._dims
 
-        def step(rows, counts, data):
+        def step(rows, counts, data, lr_scale):
             self._compiles += 1  # runs while tracing only: counts compilations
-            loss, deltas = loss_and_row_deltas(loss_fn, opts, dims, rows, data)
+            loss, deltas = loss_and_row_deltas(loss_fn, opts, dims, rows, data,
+                                               lr_scale=lr_scale)
             finite = jnp.isfinite(loss)
             for t, delta in deltas.items():
                 # Checked here, fused into the step, instead of a pass over the deltas on
@@ -195,18 +196,23 @@ class SparseTrainer:
         sizes = self._padded_sizes(b)
         rows = {t: np.zeros((sizes[t], self._widths[t]), np.float32) for t in b.keys}
         counts = {t: np.int32(0) for t in b.keys}
-        out = self._step(rows, counts, b.data)
+        out = self._step(rows, counts, b.data, np.float32(1.0))
         jax.block_until_ready(out)
         return self._compiles - before
 
     # ----- the training loop --------------------------------------------------------------
     def train_epoch(self, batches: Iterable, *,
-                    on_batch: Callable[[int, float], None] | None = None) -> EpochMetrics:
+                    on_batch: Callable[[int, float], None] | None = None,
+                    lr_scale: float | Callable[[int], float] = 1.0) -> EpochMetrics:
         """One pass over ``batches`` (an iterable of ``(keys, data)`` or ``Batch``).
 
         Args:
           batches: see ``Batch``; iterated in a background thread.
           on_batch: called after each step with (num_examples, loss) (e.g. a progress bar).
+          lr_scale: factor on every parameter update (not on the optimizer state), or
+            ``batch index in this epoch -> factor``: a learning-rate schedule for optimizers
+            whose update is linear in their learning rate (optax's adagrad, adam, sgd end in
+            ``scale_by_learning_rate``). A step argument, so a new value never recompiles.
 
         Returns:
           EpochMetrics. Afterwards every push of this rank has completed
@@ -244,7 +250,7 @@ class SparseTrainer:
                 if not window:
                     break
                 b = window.popleft()
-                loss = self._run(b)
+                loss = self._run(b, lr_scale(nbatches) if callable(lr_scale) else lr_scale)
                 # The step has finished (its deltas were pushed): reading the loss is a
                 # copy of one float. (A jnp.stack of the epoch's losses at the end compiled
                 # a new concatenation for every epoch length: ~0.5 ms per batch.)
@@ -262,7 +268,7 @@ class SparseTrainer:
                             self._compiles, self._compiles - compiles0,
                             stats_delta(before, ps.stats()))
 
-    def _run(self, b: _Prepared):
+    def _run(self, b: _Prepared, lr_scale: float = 1.0):
         """Pull, step, push, tick for one batch; returns the (device) loss."""
         ps = self.ps
         sizes = self._padded_sizes(b)
@@ -275,7 +281,7 @@ class SparseTrainer:
             rows[t], counts[t] = padded, np.int32(len(k))
         for h in handles:
             ps.wait(h)
-        loss, deltas, finite = self._step(rows, counts, b.data)
+        loss, deltas, finite = self._step(rows, counts, b.data, np.float32(lr_scale))
         if self._check_finite and not bool(finite):
             raise InputError(
                 f"the step produced NaN or Inf (loss {float(loss)}) at clock {ps.clock}; "
@@ -289,10 +295,12 @@ class SparseTrainer:
 
 
 def loss_and_row_deltas(loss_fn: Callable, optimizers: Mapping[str, RowOptimizer],
-                        dims: Mapping[str, int], rows: Mapping[str, jax.Array], data):
+                        dims: Mapping[str, int], rows: Mapping[str, jax.Array], data, *,
+                        lr_scale=1.0):
     """The step's math (traceable): loss, and per table the whole-row delta (parameter
     update | optimizer state change) of every row of ``rows[t]`` [B_t, dim + state_dim].
-    Shared with the no-PS baseline of the benchmark, so both apply the same additions."""
+    Shared with the no-PS baseline of the benchmark, so both apply the same additions.
+    ``lr_scale`` multiplies the parameter updates (see ``SparseTrainer.train_epoch``)."""
     params = {t: r[:, :dims[t]] for t, r in rows.items()}
     loss, grads = jax.value_and_grad(loss_fn)(params, data)
     deltas = {}
@@ -300,7 +308,7 @@ def loss_and_row_deltas(loss_fn: Callable, optimizers: Mapping[str, RowOptimizer
         opt, d = optimizers[t], dims[t]
         updates, new_state = opt.update(grads[t], opt.unpack(r[:, d:], d), params[t])
         delta_state = opt.pack(new_state) - r[:, d:]
-        deltas[t] = jnp.concatenate([updates.astype(jnp.float32),
+        deltas[t] = jnp.concatenate([(updates * lr_scale).astype(jnp.float32),
                                      delta_state.reshape(r.shape[0], -1)], axis=1)
     return loss, deltas
 

@@ -18,6 +18,9 @@ SAMPLINGS = ("uniform", "local")
 LOSSES = ("ce", "bce", "margin")
 REGULARIZERS = ("n3", "l2")
 FILTERS = ("all", "train", "none")  # train/kge/evaluate.py FILTER_SPLITS
+TRAIN_TYPES = ("negative_sampling", "1vsAll", "KvsAll")
+LR_SCHEDULES = ("none", "plateau", "cosine", "warmup_cosine")
+PRESETS = ("", "libkge")
 
 
 RESUME_MODES = ("", "latest", "auto")
@@ -60,6 +63,36 @@ class KgeConfig:
                           high=1, high_open=True)
     lr: float = _opt(0.1, "learning rate", low=0, low_open=True)
     optimizer: str = _opt("adagrad", "row optimizer (its state lives in the PS rows)", OPTIMIZERS)
+    # Training types, schedules, early stopping, config files (train/kge/train_types.py,
+    # schedules.py, early.py, presets.py).
+    train_type: str = _opt("negative_sampling", "negative_sampling: --negatives shared "
+                           "entities per batch; 1vsAll: every entity is a negative (as "
+                           "--negatives >= #entities); KvsAll: batches of unique (s, p, ?) "
+                           "and (?, p, o) queries against all entities, multi-hot labels, BCE "
+                           "(LibKGE's KvsAll)", TRAIN_TYPES)
+    label_smoothing: float = _opt(0.0, "KvsAll: labels (1 - e) * y + 1 / #entities (ConvE's "
+                                  "and LibKGE's label smoothing)", low=0, high=1,
+                                  high_open=True)
+    lr_schedule: str = _opt("none", "none; plateau: lr *= --lr-factor after --lr-patience "
+                            "validations without a better valid MRR (ReduceLROnPlateau, mode "
+                            "max); cosine: optax cosine decay to 0 over the run; "
+                            "warmup_cosine: linear warm-up over --warmup-epochs, then cosine",
+                            LR_SCHEDULES)
+    lr_patience: int = _opt(7, "plateau: validations without improvement before the lr drops",
+                            low=0)
+    lr_factor: float = _opt(0.95, "plateau: factor on the lr at each drop", low=0,
+                            low_open=True, high=1, high_open=True)
+    warmup_epochs: int = _opt(1, "warmup_cosine: epochs of linear warm-up from 0", low=0)
+    patience: int = _opt(0, "early stopping: stop after this many validations (every "
+                         "--eval-every epochs) without a valid MRR above the best + "
+                         "--min-delta (0: never stop early); with --out, the best epoch's "
+                         "model is kept in out/best and is the one tested and exported", low=0)
+    min_delta: float = _opt(0.0, "early stopping: the least valid MRR gain that counts as "
+                            "better", low=0)
+    config: str = _opt("", "YAML file of settings (keys: these options' names with _); "
+                       "flags given on the command line override it")
+    preset: str = _opt("", "libkge: the published best settings for --data and --model, "
+                       "configs/<dataset>-<model>.yaml (see --config)", PRESETS)
     loss: str = _opt("ce", "ce: cross-entropy over (positive, negatives); bce: binary "
                      "cross-entropy; margin: margin ranking", LOSSES)
     margin: float = _opt(1.0, "margin of the margin loss", low=0)
@@ -109,6 +142,9 @@ class KgeConfig:
             model.entity_width(self.dim), model.relation_width(self.dim)
         except ValueError as e:
             raise ValueError(f"--dim {self.dim}: {e}") from None
+        if (self.lr_schedule == "plateau" or self.patience) and not self.eval_every:
+            raise ValueError("--lr-schedule plateau and --patience act on validations: pass "
+                             "--eval-every N (> 0)")
         if (self.checkpoint_every or self.resume) and not self.out:
             raise ValueError("--checkpoint-every and --resume need --out DIR for the checkpoint")
 
@@ -120,5 +156,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None) -> KgeConfig:
-    """KgeConfig from command-line arguments (argparse lists valid choices on errors)."""
-    return parse_config(KgeConfig, parser(), argv)
+    """KgeConfig from command-line arguments (argparse lists valid choices on errors), over
+    the settings of ``--config FILE`` / ``--preset`` (train/kge/presets.py)."""
+    from train.kge.presets import apply_config_files
+    p = parser()
+    apply_config_files(p, argv)
+    return parse_config(KgeConfig, p, argv)

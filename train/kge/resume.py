@@ -21,7 +21,7 @@ MUST_MATCH = ("model", "dim", "optimizer", "reciprocal", "loss", "reg_type")
 # Settings of how a run is driven, not of what it trains: never reported.
 _DRIVING = ("epochs", "resume", "out", "progress", "checkpoint_every", "keep_checkpoints",
             "download", "peer_timeout", "eval_every", "max_eval", "eval_batch_size",
-            "filter", "init_embeddings")
+            "filter", "init_embeddings", "patience", "min_delta", "config", "preset")
 
 
 def dataset_fingerprint(dataset: KgeDataset) -> dict:

@@ -37,7 +37,7 @@ from train.common.interrupt import StopRequest
 from train.common.launch import ps_options
 from train.common.resume import restore
 from train.common.stats import global_stats
-from train.kge import synthetic
+from train.kge import early, synthetic, train_types
 from train.kge.config import KgeConfig
 from train.kge.data import KgeDataset, load_dataset, user_cache_dir
 from train.kge import init_embeddings, report
@@ -46,6 +46,7 @@ from train.kge.progress import EpochProgress
 from train.kge.relation_types import relation_types, type_counts
 from train.kge.resume import (check_compatible, checkpoint_root, dataset_fingerprint, describe,
                               find_checkpoint)
+from train.kge.schedules import LrSchedule
 
 _SNAPSHOT_FLOATS = 1 << 28  # evaluation copies the entity table when it is at most 1 GiB
 _MASKED = -1e30
@@ -119,10 +120,14 @@ def epoch_batches(train: np.ndarray, num_entities: int, config: KgeConfig, epoch
     if config.reciprocal and num_relations < 1:
         raise ValueError("epoch_batches: --reciprocal needs num_relations (the inverse of "
                          "relation p is row p + num_relations)")
+    if config.train_type == "KvsAll":  # train: train_types.Queries
+        yield from train_types.kvsall_batches(train, num_entities, config, epoch, rank, size,
+                                              start=start)
+        return
     perm = np.random.default_rng([config.seed, epoch]).permutation(len(train))
     mine = train[perm[start:][rank::size]]
     b = config.batch_size
-    all_entities = config.negatives >= num_entities
+    all_entities = train_types.all_entities(config, num_entities)
     pool = None
     for index, first in enumerate(range(0, len(mine), b)):
         rng = np.random.default_rng([config.seed, epoch, rank, size, start + first * size])
@@ -173,6 +178,9 @@ def make_loss(model: models.KgeModel, config: KgeConfig):
         if config.reg_type == "n3":
             return jnp.sum(jnp.abs(x) ** 3)
         return jnp.sum(x ** 2)
+
+    if config.train_type == "KvsAll":
+        return train_types.make_kvsall_loss(model, config, regularizer)
 
     def loss_fn(rows, data):
         ent, rel = rows["entity"], rows["relation"]
@@ -227,6 +235,11 @@ def max_keys(config: KgeConfig, dataset: KgeDataset) -> dict:
     and negatives; relations and their inverses): SparseTrainer pads every batch to these,
     so the step compiles once, before the first epoch."""
     relation_rows = dataset.num_relations * (2 if config.reciprocal else 1)
+    if config.train_type == "KvsAll":
+        return train_types.kvsall_max_keys(config, dataset.num_entities, relation_rows)
+    if train_types.all_entities(config, dataset.num_entities):
+        return {"entity": dataset.num_entities, "relation": min(
+            relation_rows, config.batch_size * (2 if config.reciprocal else 1))}
     return {"entity": min(dataset.num_entities, 2 * config.batch_size + config.negatives),
             "relation": min(relation_rows, config.batch_size * (2 if config.reciprocal else 1))}
 
@@ -374,7 +387,7 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
     if out is not None:  # before the dataset: an unusable --out fails in seconds
         jaxps.run_on_root(lambda: outputs.check_out_dir(out, 0), comm=comm)
     dataset = load(config, comm)
-    train = dataset.splits["train"]
+    train = train_types.training_units(dataset.splits["train"], dataset.num_relations, config)
     unseen = dataset.unseen_counts()
     say(f"dataset {dataset.name}: {dataset.num_entities} entities, {dataset.num_relations} "
         f"relations, " + ", ".join(
@@ -410,6 +423,11 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
     say(report.eval_setup(config.filter, {s: (len(t), len(dataset.splits[s])) for s, t in
                                           (("valid", valid), ("test", test)) if t is not None}))
     scorers = scorers_for(model, config)
+    schedule = LrSchedule(config, num_batches(len(train), config, 0, size))
+    best = early.BestTracker(config.patience, config.min_delta, out)
+    best_meta = {"entrypoint": "train.kge", "config": dataclasses.asdict(config),
+                 "fingerprint": fingerprint}
+    stopped_why = f"--epochs {config.epochs} trained"
     history: list[dict] = []
     train_stats: dict = {}
     prior_seconds, first, start = 0.0, 1, 0
@@ -423,6 +441,8 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
                 meta, history = restore(ps, resume_from, notes, describe, comm=comm, say=say)
                 prior_seconds = float(meta.get("seconds", 0.0))
                 first, start = meta["epoch"] + 1, int(meta.get("position", 0))
+                schedule.replay(history)
+                best.replay(history)
                 if out is not None and rank == 0:
                     outputs.write_jsonl(out / "metrics.jsonl", history)
             elif config.init_embeddings:
@@ -439,7 +459,9 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
             for epoch in range(first, config.epochs + 1):
                 stopped: list = []
                 m = _train_epoch(trainer, train, dataset, config, epoch, rank, size,
-                                 start=start, stop=stop, stopped=stopped)
+                                 start=start, stop=stop, stopped=stopped,
+                                 lr_scale=schedule.scale(epoch, start // (config.batch_size
+                                                                          * size)))
                 # mpi4py's pickle-based reductions (comm.allreduce of Python objects) hold
                 # the GIL while they wait, so this rank's PS thread cannot serve its peers:
                 # reduce only once no rank needs PS service any more (see README).
@@ -455,6 +477,7 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
                           "examples_per_s": examples / max(seconds, 1e-9),
                           "compiles": m.compiles, "local_fraction": stats["local_fraction"],
                           "ps": stats}
+                record["lr"] = schedule.lr(epoch)
                 if start:
                     record["from_position"] = start
                 if stopped:
@@ -469,6 +492,9 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
                         and epoch != config.epochs:
                     record["valid"] = _short(run_evaluation(ps, scorers, widths, valid,
                                                             filter_index, config, comm))
+                    schedule.observe(record["valid"]["mrr"])
+                    if best.observe(epoch, record["valid"]["mrr"]):
+                        best.save(ps, epoch, best_meta | {"epoch": epoch}, comm)
                 history.append(record)
                 say(report.epoch_line(record, config.epochs, history, config.lr), flush=True)
                 if out is not None and rank == 0:
@@ -477,6 +503,10 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
                     save_checkpoint(ps, config, comm, epoch=epoch, position=0,
                                     num_train=len(train), history=history, seconds=elapsed(),
                                     fingerprint=fingerprint)
+                if best.should_stop():  # the same MRR on every rank: all stop here
+                    stopped_why = best.reason()
+                    say(stopped_why, flush=True)
+                    break
                 if epoch < config.epochs and stop.agreed():
                     interrupted = _interrupt(ps, config, comm, stop, epoch, 0, len(train),
                                              history, elapsed(), fingerprint, out)
@@ -484,7 +514,7 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
             if interrupted is None:
                 summary = _finish(ps, config, comm, dataset, scorers, widths, valid, test,
                                   filter_index, history, train_stats, unseen, resume_from,
-                                  elapsed, t_start, out)
+                                  elapsed, t_start, out, best=(best, best_meta, stopped_why))
     finally:
         stop.uninstall()
     if interrupted is not None:
@@ -494,17 +524,19 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
 
 
 def _finish(ps, config, comm, dataset, scorers, widths, valid, test, filter_index, history,
-            train_stats, unseen, resume_from, elapsed, t_start, out) -> dict:
-    """Final evaluation, the results table, then summary.json and the exports (rank 0)."""
+            train_stats, unseen, resume_from, elapsed, t_start, out, *, best) -> dict:
+    """Final evaluation (of the best epoch's model, train/kge/early.py), the results table,
+    then summary.json and the exports (rank 0)."""
     rank, size = comm.Get_rank(), comm.Get_size()
     say = print if rank == 0 else (lambda *a, **k: None)
-    final = {}
+    tracker, best_meta, stopped_why = best
     types = relation_types(dataset.splits["train"], dataset.num_relations)
-    for split, triples in (("valid", valid), ("test", test)):
-        if triples is not None:
-            final[split] = _short(run_evaluation(ps, scorers, widths, triples,
-                                                 filter_index, config, comm,
-                                                 relation_groups=types))
+    final, note = early.final_metrics(
+        tracker, ps, lambda t: _short(run_evaluation(ps, scorers, widths, t, filter_index,
+                                                     config, comm, relation_groups=types)),
+        valid, test, history, best_meta, comm)
+    if note:
+        say(note, flush=True)
     pulls = train_stats.get("pull_local", 0) + train_stats.get("pull_remote", 0)
     train_stats["local_fraction"] = (train_stats.get("pull_local", 0) / pulls
                                      if pulls else 1.0)
@@ -516,7 +548,10 @@ def _finish(ps, config, comm, dataset, scorers, widths, valid, test, filter_inde
                "unseen": unseen, "config": dataclasses.asdict(config),
                "split_sizes": {s: len(t) for s, t in dataset.splits.items()},
                "relation_types": type_counts(types),
-               "data_folder": str(dataset.folder.resolve()) if dataset.folder else None}
+               "data_folder": str(dataset.folder.resolve()) if dataset.folder else None,
+               "epochs_trained": history[-1]["epoch"] if history else 0,
+               "best_epoch": tracker.best_epoch, "best_restored": tracker.restored,
+               "stopped": stopped_why}
     if history:
         summary["last_epoch"] = {k: history[-1][k]
                                  for k in ("loss", "examples_per_s", "compiles")}
@@ -548,7 +583,7 @@ def _interrupt(ps, config, comm, stop, epoch, position, num_train, history, seco
 
 
 def _train_epoch(trainer, train, dataset, config, epoch, rank, size, *, start=0, stop=None,
-                 stopped=None):
+                 stopped=None, lr_scale=1.0):
     bar = None
     if rank == 0 and config.progress:
         bar = EpochProgress(num_batches(len(train), config, rank, size, start), f"epoch {epoch}")
@@ -561,7 +596,7 @@ def _train_epoch(trainer, train, dataset, config, epoch, rank, size, *, start=0,
             common = num_batches(len(train), config, size - 1, size, start)
             batches = stop.batches(batches, common, stopped)
         return trainer.train_epoch(
-            batches,
+            batches, lr_scale=lr_scale,
             on_batch=None if bar is None else (lambda n, loss: bar.update(1)))
     finally:
         if bar is not None:
