@@ -2,7 +2,7 @@
 # One entry point for people and CI. Each command sets itself up (a virtualenv in .venv).
 #   ./dev.sh run [args]     the main job: KGE training on a generated graph, mpiexec -n 2
 #   ./dev.sh test [args]    the whole test suite (pytest; multi-rank tests launch mpiexec themselves)
-#   ./dev.sh bench [args]   the PS micro-benchmark (train/bench_ps.py)
+#   ./dev.sh bench [args]   the PS micro-benchmark (train/bench/ps.py)
 #   ./dev.sh setup          only create/refresh .venv
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -45,6 +45,6 @@ case "$cmd" in
     setup) setup ;;
     run)   setup; exec mpiexec -n "${RANKS:-2}" python -m train.kge "$@" ;;
     test)  setup; exec python -m pytest "$@" ;;
-    bench) setup; exec python -m train.bench_ps "$@" ;;
+    bench) setup; exec python -m train.bench.ps "$@" ;;
     *) sed -n '2,7p' "$0"; exit 2 ;;
 esac

@@ -16,9 +16,9 @@ import pytest
 from mpi4py import MPI
 
 import jaxps
-from train import bench, bench_workloads
+from train.bench import harness as bench, workloads as bench_workloads
 from jaxps import DenseTrainer, initial_table
-from train.bench_workloads import BenchOptions
+from train.bench.workloads import BenchOptions
 from train.kge import synthetic
 
 FIELDS = {"workload", "technique", "ranks", "status", "examples_per_s", "local_fraction",

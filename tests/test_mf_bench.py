@@ -9,9 +9,9 @@ import pytest
 from mpi4py import MPI
 
 import jaxps
-from train import bench_workloads
+from train.bench import workloads as bench_workloads
 from jaxps import DenseTrainer
-from train.bench_workloads import BenchOptions
+from train.bench.workloads import BenchOptions
 
 
 @pytest.fixture(autouse=True)

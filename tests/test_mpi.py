@@ -53,6 +53,16 @@ def test_stopped_rank_ends_the_job_naming_it():
     assert elapsed < timeout + 10 + 5, f"took {elapsed:.1f} s"  # + start-up of 3 ranks
 
 
+def test_whole_job_stopped_and_continued_goes_on():
+    """All ranks stopped at once for 2 x peer_timeout (Ctrl-Z of mpiexec, a host that
+    slept), then continued: the watchdog does not take the common pause for dead peers."""
+    res = mpirun(2, ["tests/mpi_programs/stop_whole_job.py", "2"], timeout=60)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert out.count("finished normally") == 2, out[-3000:]
+    assert "has sent nothing" not in out
+
+
 def test_emulated_network_delays_every_round_trip(monkeypatch):
     """JAXPS_NET_LATENCY_US=20000: a remote pull takes at least two one-way latencies."""
     monkeypatch.setenv("JAXPS_NET_LATENCY_US", "20000")

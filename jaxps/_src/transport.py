@@ -187,6 +187,10 @@ class Transport:
         now = time.monotonic()
         if now < self._next_watch:
             return
+        if now - self._next_watch > self._peer_timeout / 4:
+            # This rank itself did not run for a while (the whole job was stopped, e.g.
+            # Ctrl-Z of mpiexec, or a host that slept): the peers' silence is its own.
+            self._heard[:] = now
         self._next_watch = now + self._peer_timeout / 8
         quiet = np.flatnonzero(now - self._told > self._peer_timeout / 4)
         for dest in quiet:

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from train import bench, bench_workloads, whatif
-from train.bench_workloads import BenchOptions
+from train import whatif
+from train.bench import harness as bench, workloads as bench_workloads
+from train.bench.workloads import BenchOptions
 from train.trace import Trace
 
 

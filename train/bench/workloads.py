@@ -291,7 +291,7 @@ register(mf_workload(
 if __name__ == "__main__":
     import argparse
     argparse.ArgumentParser(
-        prog="python -m train.bench_workloads",
+        prog="python -m train.bench.workloads",
         description="The workload registry of `python -m train.bench`; run without "
                     "arguments to list the registered workloads.").parse_args()
     for w in WORKLOADS.values():

@@ -1,7 +1,7 @@
 """PS micro-benchmark: local pull/push overhead vs raw numpy, remote pull throughput.
 
 Usage:
-    python -m train.bench_ps [--keys 100000] [--dim 128] [--batch 10000] [--repeats 30]
+    python -m train.bench.ps [--keys 100000] [--dim 128] [--batch 10000] [--repeats 30]
 
 Run as a plain command it measures the local path in this process, then relaunches
 itself under ``mpiexec -n 2`` for the remote part (rank 1 pulls rows that live on
@@ -117,7 +117,7 @@ def main(argv=None) -> None:
 
     local = bench_local(args)
     mpiexec = Path(sys.executable).parent / "mpiexec"
-    cmd = [str(mpiexec), "-n", "2", sys.executable, "-m", "train.bench_ps", "--remote-only",
+    cmd = [str(mpiexec), "-n", "2", sys.executable, "-m", "train.bench.ps", "--remote-only",
            f"--keys={args.keys}", f"--dim={args.dim}", f"--batch={args.batch}",
            f"--repeats={args.repeats}"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ))

@@ -33,9 +33,9 @@ import threading
 import time
 from pathlib import Path
 
-from train import bench_workloads
+from train.bench import workloads as bench_workloads
 from train.common.stats import sum_counters
-from train.bench_workloads import BenchOptions
+from train.bench.workloads import BenchOptions
 
 REPO = Path(__file__).resolve().parent.parent
 TECHNIQUES = ("classic", "replication", "relocation", "nups", "adaptive")
@@ -693,10 +693,3 @@ def _progress(i: int, n: int, r: dict, elapsed: float) -> str:
         return f"{head} {r['status'].upper()}: {headline(r['error'])[:100]}"
     return (f"{head} {r['examples_per_s']:9.0f} ex/s  local {r['local_fraction']:.3f}  "
             f"wait {r['wait_fraction']:.3f}  loss {r['loss']:.4f}  job {r['job_seconds']:.0f}s")
-
-
-if __name__ == "__main__":
-    if "--worker" in sys.argv:  # a rank of a job: any failure ends the whole job at once
-        import jaxps
-        sys.exit(jaxps.run_main(main))
-    sys.exit(main())
