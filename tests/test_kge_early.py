@@ -37,8 +37,8 @@ def test_stops_early_and_exports_the_best_epoch(graph, tmp_path, monkeypatch, ca
     fake_mrr = iter([0.9, 0.5, 0.4])
     snapshots = {}
 
-    def evaluation(ps, scorers, widths, triples, filter_index, config, comm):
-        result = real(ps, scorers, widths, triples, filter_index, config, comm)
+    def evaluation(ps, scorers, widths, triples, filter_index, config, comm, **kw):
+        result = real(ps, scorers, widths, triples, filter_index, config, comm, **kw)
         if len(snapshots) < 3:  # the loop's validations, epochs 2, 4 and 6
             snapshots[len(snapshots)] = kge_train.read_table(ps, "entity",
                                                              columns=widths["entity"])
