@@ -39,7 +39,8 @@ def test_unknown_key_names_file_line_and_key(tmp_path, capsys):
     path = write(tmp_path, "dim: 64\n\nbatch-size: 10\n")
     err = error_of(["--config", str(path)], capsys)
     assert f"{path}:3: key 'batch-size': unknown key (write 'batch_size')" in err
-    assert "valid keys: data, model, dim" in err
+    valid = err.split("valid keys: ", 1)[1].split()
+    assert {"data,", "model,", "dim,", "batch_size,"} <= set(valid), err
     path = write(tmp_path, "dim: 64\nfoo: 1\n")
     assert f"{path}:2: key 'foo': unknown key" in error_of(["--config", str(path)], capsys)
 
