@@ -57,6 +57,19 @@ def test_load_refuses_another_table_shape(tmp_path):
             jaxps.load_checkpoint(ps, path)
 
 
+def test_a_damaged_row_that_reads_as_nan_is_a_checksum_mismatch(tmp_path):
+    """A flipped bit can make a float NaN: the load names the damage (checksum), not NaN."""
+    with _ps() as ps:
+        path = jaxps.save_checkpoint(ps, tmp_path, step=1)
+    rows = next(path.glob("e.*.rows.npy"))
+    data = bytearray(rows.read_bytes())
+    data[-4:] = np.array([np.nan], np.float32).tobytes()  # the last row's last float
+    rows.write_bytes(bytes(data))
+    with _ps() as ps:
+        with pytest.raises(jaxps.CheckpointError, match="checksum mismatch"):
+            jaxps.load_checkpoint(ps, path)
+
+
 def test_four_ranks_adaptive_loads_on_one_and_two_ranks_with_identical_rows(tmp_path):
     res = mpirun(4, [PROGRAM, "save", str(tmp_path), "adaptive"], timeout=120)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]

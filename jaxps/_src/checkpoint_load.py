@@ -74,6 +74,7 @@ def _load_shard_table(ps, table: str, path: Path, files: dict, index: int, n_sha
     with _Reader(keys_file, files["keys"], where, np.int64, (count,)) as kr, \
             _Reader(rows_file, files["rows"], where, np.float32, (count, width)) as rr:
         chunk = max(1, CHUNK_BYTES // (4 * width))
+        bad = None  # rows the PS refused (NaN/Inf): first see whether the file is damaged
         for a in range(0, count, chunk):
             n = min(chunk, count - a)
             keys, rows = kr.read(n), rr.read(n)
@@ -82,9 +83,14 @@ def _load_shard_table(ps, table: str, path: Path, files: dict, index: int, n_sha
                                       f"[0, {ps.tables[table].num_keys}){previous_note(path)}")
             mine = keys % size == rank
             if mine.any():
-                ps.set(table, keys[mine], rows[mine])
+                try:
+                    ps.set(table, keys[mine], rows[mine])
+                except InputError as e:
+                    bad = bad or e
         kr.finish()
-        rr.finish()
+        rr.finish()  # a flipped bit that made a NaN is reported as the checksum mismatch
+        if bad is not None:  # intact file, non-finite rows: a diverged run saved them
+            raise CheckpointError(f"{where}: {rows_file}: {bad}{previous_note(path)}")
 
 
 class _Reader:
