@@ -38,3 +38,32 @@ def mpirun(n: int, args: list[str], *, timeout: float) -> subprocess.CompletedPr
         err = (e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
         pytest.fail(f"mpiexec -n {n} {' '.join(args)} hung for {timeout}s (deadlock?)\n"
                     f"--- stdout ---\n{out[-5000:]}\n--- stderr ---\n{err[-5000:]}")
+
+
+def sigint_after_first_epoch(cmd: list[str], out, env: dict, *, pause: float):
+    """Run ``cmd`` until its first epoch is on record (``out/metrics.jsonl``), wait
+    ``pause`` seconds (into the next epoch), send SIGINT; returns (status, output)."""
+    import signal
+    import time
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / "metrics.jsonl").is_file() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(pause)
+        proc.send_signal(signal.SIGINT)
+        text, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, text
+
+
+def assert_usage_error(parse_args, args: list[str], message: str, capsys) -> None:
+    """``parse_args(args)`` exits 2 with argparse's usage and ``message`` on stderr."""
+    with pytest.raises(SystemExit) as e:
+        parse_args(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "usage:" in err, err

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import jaxps
-from tests.conftest import MPIEXEC, REPO, mpi_env
+from tests.conftest import MPIEXEC, REPO, assert_usage_error, mpi_env
 from train.kge import synthetic
 from train.kge.config import parse_args
 from train.kge.data import DataError, load_dataset
@@ -76,11 +76,7 @@ def files(folder: Path) -> list[str]:
     (["--resume"], "--resume need --out DIR"),
 ])
 def test_bad_option(args, message, capsys):
-    with pytest.raises(SystemExit) as e:
-        parse_args(args)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert message in err and "usage:" in err, err
+    assert_usage_error(parse_args, args, message, capsys)
 
 
 def test_nan_option_exits_2_from_the_command_line(tmp_path):

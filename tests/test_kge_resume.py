@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 
 import jaxps
-from tests.conftest import REPO, mpi_env
+from tests.conftest import REPO, mpi_env, sigint_after_first_epoch
 from train.kge import synthetic
 
 
@@ -20,20 +18,9 @@ def test_sigint_mid_epoch_then_resume_is_identical_to_an_uninterrupted_run(tmp_p
             "--batch-size", "32", "--negatives", "32", "--max-eval", "100", "--eval-every", "0",
             "--no-progress"]
     out = tmp_path / "stopped"
-    proc = subprocess.Popen([*base, "--epochs", "500", "--out", str(out)], cwd=REPO,
-                            env=mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    try:
-        deadline = time.time() + 120
-        while not (out / "metrics.jsonl").is_file() and time.time() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)  # into the next epoch
-        proc.send_signal(signal.SIGINT)
-        text, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 3, text[-3000:]
+    status, text = sigint_after_first_epoch([*base, "--epochs", "500", "--out", str(out)], out,
+                                            mpi_env(), pause=0.3)  # into the next epoch
+    assert status == 3, text[-3000:]
     assert "SIGINT: finishing the current step" in text and "checkpoint written to" in text
     (ckpt,) = jaxps.list_checkpoints(out / "checkpoints")
     meta = jaxps.read_manifest(ckpt)["meta"]

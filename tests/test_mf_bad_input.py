@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 import jaxps
-from tests.conftest import MPIEXEC, REPO, mpi_env
+from tests.conftest import (MPIEXEC, REPO, assert_usage_error, mpi_env,
+                            sigint_after_first_epoch)
 from tests.test_bad_input import _rank_pid
 from train.common.resume import ResumeError
 from train.mf.config import parse_args
@@ -89,11 +90,7 @@ def _ended(status, out, seconds, message):
     (["--resume"], "--resume need --out DIR"),
 ])
 def test_bad_option(args, message, capsys):
-    with pytest.raises(SystemExit) as e:
-        parse_args(args)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert message in err and "usage:" in err, err
+    assert_usage_error(parse_args, args, message, capsys)
 
 
 def test_nan_synthetic_parameter_is_refused():
@@ -310,20 +307,9 @@ def test_full_disk_at_export_keeps_the_results(tmp_path):
 def test_sigint_mid_epoch_then_resume_is_identical_to_an_uninterrupted_run(tmp_path):
     base = [sys.executable, "-m", "train.mf", "--data", SPEC, *FAST, "--batch-size", "32"]
     out = tmp_path / "stopped"
-    proc = subprocess.Popen([*base, "--epochs", "500", "--out", str(out)], cwd=REPO,
-                            env=env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 120
-        while not (out / "metrics.jsonl").is_file() and time.time() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.2)  # into the next epoch
-        proc.send_signal(signal.SIGINT)
-        text, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 3, text[-3000:]
+    status, text = sigint_after_first_epoch([*base, "--epochs", "500", "--out", str(out)], out,
+                                            env(tmp_path), pause=0.2)  # into the next epoch
+    assert status == 3, text[-3000:]
     assert "SIGINT: finishing the current step" in text and "checkpoint written to" in text
     (ckpt,) = jaxps.list_checkpoints(out / "checkpoints")
     meta = jaxps.read_manifest(ckpt)["meta"]

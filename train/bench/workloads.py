@@ -120,18 +120,24 @@ def kge_hot_keys(train: np.ndarray, num_entities: int, relation_rows: int,
     return {"entity": np.sort(hot), "relation": np.arange(relation_rows)}
 
 
-def _kge_config(overrides: dict, options: BenchOptions):
-    """The workload's KgeConfig: its overrides, then the ``name:key=value`` parameters."""
-    from train.kge.config import KgeConfig
-    types = {f.name: f.type for f in dataclasses.fields(KgeConfig)}
+def _config(cls, label: str, overrides: dict, options: BenchOptions):
+    """A workload's config dataclass ``cls``: its overrides, then the ``name:key=value``
+    parameters (converted to the fields' types; unknown names are an error)."""
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
     params = {}
     for key, value in options.params:
         if key not in types:
-            raise ValueError(f"unknown KGE workload parameter {key!r}; valid: "
+            raise ValueError(f"unknown {label} workload parameter {key!r}; valid: "
                              f"{', '.join(sorted(types))}")
         kind = {"int": int, "float": float, "str": str, "bool": _truth}[str(types[key])]
         params[key] = kind(value)
-    return KgeConfig(**{"progress": False, "seed": options.seed, **overrides, **params})
+    return cls(**{"progress": False, "seed": options.seed, **overrides, **params})
+
+
+def _kge_config(overrides: dict, options: BenchOptions):
+    """The workload's KgeConfig."""
+    from train.kge.config import KgeConfig
+    return _config(KgeConfig, "KGE", overrides, options)
 
 
 def _truth(value: str) -> bool:
@@ -222,15 +228,7 @@ register(kge_workload(
 def _mf_config(overrides: dict, options: BenchOptions):
     """The workload's MfConfig: its overrides, then the ``name:key=value`` parameters."""
     from train.mf.config import MfConfig
-    types = {f.name: f.type for f in dataclasses.fields(MfConfig)}
-    params = {}
-    for key, value in options.params:
-        if key not in types:
-            raise ValueError(f"unknown MF workload parameter {key!r}; valid: "
-                             f"{', '.join(sorted(types))}")
-        kind = {"int": int, "float": float, "str": str, "bool": _truth}[str(types[key])]
-        params[key] = kind(value)
-    config = MfConfig(**{"progress": False, "seed": options.seed, **overrides, **params})
+    config = _config(MfConfig, "MF", overrides, options)
     if config.schedule == "dsgd":
         raise ValueError("MF workload: schedule dsgd needs the sub-epoch barriers of "
                          "`python -m train.mf`; the benchmark runs shuffled or columns")
