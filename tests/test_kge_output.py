@@ -54,6 +54,13 @@ def test_epoch_line_has_seconds_eta_and_learning_rate():
     assert "ETA 0 s  lr 0.025  valid MRR 0.3000" in line
 
 
+def test_epoch_line_eta_counts_only_this_runs_epochs():
+    # A resumed run: epochs 1-2 ran before (slowly, elsewhere), 3-4 in this run.
+    history = [_record(1, 100.0), _record(2, 100.0), _record(3, 2.0), _record(4, 4.0)]
+    line = report.epoch_line(history[-1], 10, history, 0.1, first=3)
+    assert "ETA 18 s" in line  # mean 3 s x 6 epochs left, not 51.5 s x 6
+
+
 def _metrics(mrr):
     m = {"mrr": mrr, "mr": 10.0, "hits@1": 0.1, "hits@3": 0.2, "hits@10": 0.5}
     return m | {"head": dict(m), "tail": dict(m)}

@@ -26,14 +26,18 @@ def eval_setup(filter_mode: str, sizes: dict[str, tuple[int, int]]) -> str:
             + ("; ".join(parts) if parts else "no valid/test split"))
 
 
-def epoch_line(record: dict, epochs: int, history: list[dict], default_lr: float) -> str:
+def epoch_line(record: dict, epochs: int, history: list[dict], default_lr: float,
+               first: int = 1) -> str:
     """One epoch: loss, speed, locality, compiles, seconds, ETA, learning rate, valid MRR.
 
-    ETA: the mean seconds of this run's epochs (``history``, which holds ``record``) times
-    the epochs left. The rate is ``record["lr"]`` when the run sets one (a schedule), else
+    ETA: the mean seconds of this run's epochs (those of ``history``, which holds
+    ``record``, from epoch ``first`` on: a resumed run's history also holds the epochs
+    of the runs before it, on whatever machine and load those had) times the epochs
+    left. The rate is ``record["lr"]`` when the run sets one (a schedule), else
     ``default_lr``.
     """
-    done = [r["seconds"] for r in history if "seconds" in r] or [record["seconds"]]
+    done = ([r["seconds"] for r in history if "seconds" in r and r["epoch"] >= first]
+            or [record["seconds"]])
     eta = sum(done) / len(done) * (epochs - record["epoch"])
     line = (f"epoch {record['epoch']:>3}/{epochs}  loss {record['loss']:.4f}  "
             f"{record['examples_per_s']:>9.0f} ex/s  local {record['local_fraction']:.3f}  "

@@ -496,7 +496,7 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
                     if best.observe(epoch, record["valid"]["mrr"]):
                         best.save(ps, epoch, best_meta | {"epoch": epoch}, comm)
                 history.append(record)
-                say(report.epoch_line(record, config.epochs, history, config.lr), flush=True)
+                say(report.epoch_line(record, config.epochs, history, config.lr, first), flush=True)
                 if out is not None and rank == 0:
                     outputs.write_jsonl(out / "metrics.jsonl", history)
                 if config.checkpoint_every and epoch % config.checkpoint_every == 0:
