@@ -32,13 +32,17 @@ def start_pull(eng: ReplicatingEngine, t: TableState, keys: np.ndarray,
             return completed("pull", t.name, out)
         # Integer positions, not boolean masks: each mask indexing of rows is a copy.
         own, other = np.flatnonzero(local), np.flatnonzero(~local)
-        out[own] = t.store.values[slots[own]]
         if t.replicas is not None:  # owned or ready replicas only: answer here
             rslots = t.replicas.slot[keys[other]]
             if (rslots >= 0).all():
+                # One gather of every position (a replicated key's slot, < 0, reads a
+                # clipped row that the next line overwrites): cheaper than gathering the
+                # owned rows into a copy and scattering it into ``out``.
+                np.take(t.store.values, slots, axis=0, out=out, mode="clip")
                 out[other] = t.replicas.value(rslots)
                 stats["pull_local"] += len(keys)
                 return completed("pull", t.name, out)
+        out[own] = t.store.values[slots[own]]
         _count_local(stats, "pull", t, keys, local)
         h = eng.new_handle("pull", t, int(np.count_nonzero(~local)), result=out)
         rest = np.flatnonzero(~local)  # replicas answer inline, the rest travels

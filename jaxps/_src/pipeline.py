@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import numpy as np
 
+from . import uniq
 from .errors import InputError
 
 
@@ -58,11 +59,11 @@ def index_batch(ids: Mapping[str, np.ndarray | Sequence[np.ndarray]]):
                 raise InputError(f"index_batch: ids of table {table!r} must be integers, got "
                                  f"dtype {a.dtype}; convert with .astype(np.int64)")
         flat = np.concatenate([a.ravel() for a in parts]) if parts else np.zeros(0, np.int64)
-        uniq, inverse = np.unique(flat.astype(np.int64, copy=False), return_inverse=True)
-        inverse = inverse.astype(np.int32).ravel()
+        distinct, inverse = uniq.unique_inverse(flat.astype(np.int64, copy=False))
+        inverse = inverse.astype(np.int32)
         split = np.split(inverse, np.cumsum([a.size for a in parts])[:-1])
         out = [s.reshape(a.shape) for s, a in zip(split, parts)]
-        keys[table] = uniq
+        keys[table] = distinct
         positions[table] = out[0] if isinstance(raw, np.ndarray) else out
     return keys, positions
 
@@ -102,7 +103,7 @@ def read_batch(item, tables: Iterable[str]) -> tuple[dict, Any, int]:
         if k.ndim != 1 or k.dtype.kind not in "iu":
             raise InputError(f"batch keys of table {table!r} must be a 1-D int array, got "
                              f"{k.dtype} {k.shape}; build them with jaxps.index_batch")
-        if len(k) > 1 and not (k[1:] > k[:-1]).all() and len(np.unique(k)) != len(k):
+        if len(k) > 1 and not (k[1:] > k[:-1]).all() and len(uniq.unique(k)) != len(k):
             raise InputError(f"batch keys of table {table!r} have duplicates; a batch "
                              f"lists each key once (build them with jaxps.index_batch)")
         out[table] = k

@@ -139,7 +139,7 @@ class PolicyView:
         if table not in self._specs:
             raise InputError(f"unknown table {table!r}; tables are "
                                       f"{sorted(self._specs)}")
-        return np.unique(validate.keys(table, self._specs[table], keys, what))
+        return validate.unique(validate.keys(table, self._specs[table], keys, what))
 
     # ----- acting -----------------------------------------------------------------------
     def localize(self, table: str, keys: np.ndarray) -> Handle:

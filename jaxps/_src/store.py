@@ -173,13 +173,15 @@ class ReplicaStore:
         if not ok.all():
             slots, fresh, stamps = slots[ok], fresh[ok], stamps[ok]
         slots = slots.astype(np.intp)
-        values = self._rows.values
+        w = self.width
         # value = fresh + (value - base): exact when there were no local writes (the
-        # order of ``value += fresh - base`` rounded), then base = fresh.
-        local = values[slots, :self.width] - values[slots, self.width:]
-        local += fresh
-        values[slots, :self.width] = local
-        values[slots, self.width:] = fresh
+        # order of ``value += fresh - base`` rounded), then base = fresh. One gather and
+        # one scatter of whole [value | base] rows (four of half rows cost 4x as much).
+        rows = self._rows.values[slots]
+        rows[:, :w] -= rows[:, w:]
+        rows[:, :w] += fresh
+        rows[:, w:] = fresh
+        self._rows.values[slots] = rows
         self._stamp[slots] = stamps
 
     def remove(self, keys: np.ndarray) -> np.ndarray:

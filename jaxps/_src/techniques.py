@@ -18,6 +18,7 @@ import heapq
 
 import numpy as np
 
+from . import uniq
 from .errors import InputError
 from .policy import Technique
 
@@ -71,8 +72,8 @@ def merge_keys(due) -> dict[str, np.ndarray]:
     parts: dict[str, list[np.ndarray]] = {}
     for table, keys, _ in due:
         parts.setdefault(table, []).append(keys)
-    # Each intent's keys are unique already: only a merge needs np.unique.
-    return {table: p[0] if len(p) == 1 else np.unique(np.concatenate(p))
+    # Each intent's keys are unique already: only a merge needs a unique.
+    return {table: p[0] if len(p) == 1 else uniq.unique(np.concatenate(p))
             for table, p in parts.items()}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import uniq
 from .errors import InputError
 from .tables import TableSpec
 
@@ -75,7 +76,7 @@ def unique(keys: np.ndarray) -> np.ndarray:
     """Sorted unique keys; O(n) when they are already (the trainer's batches are)."""
     if len(keys) < 2 or (keys[1:] > keys[:-1]).all():
         return keys
-    return np.unique(keys)
+    return uniq.unique(keys)
 
 
 def sum_duplicates(keys: np.ndarray, rows: np.ndarray):
