@@ -159,9 +159,10 @@ class ReplicaStore:
         dirty = rows.writes[held] > 0
         slots = np.concatenate([held[dirty], held[~dirty]])
         d = slots[:int(np.count_nonzero(dirty))]
-        value = rows.values[d, :self.width]
-        delta = value - rows.values[d, self.width:]
-        rows.values[d, self.width:] = value
+        w = self.width
+        both = rows.values[d]  # one gather of whole [value | base] rows
+        delta = both[:, :w] - both[:, w:]
+        rows.values[d, w:] = both[:, :w]
         rows.writes[d] = 0
         return rows.key_of[slots], self._stamp[slots], delta
 
