@@ -18,6 +18,7 @@ from ._src.launch import install_abort_hooks as install_abort_hooks
 from ._src.launch import run_main as run_main
 from ._src.launch import run_on_root as run_on_root
 from ._src.server import ParameterServer as ParameterServer
+from ._src.stats import delta as stats_delta
 from ._src.tables import TableSpec as TableSpec
 from ._src.tables import initial_rows as initial_rows
 from ._src.adaptive import Adaptive as Adaptive
@@ -53,4 +54,4 @@ __all__ = ["Adaptive", "Batch", "CheckpointError", "Classic", "DenseMetrics", "D
            "TableSpec", "Technique", "bucket_size", "index_batch", "initial_rows", "initial_table",
            "install_abort_hooks", "list_checkpoints", "load_checkpoint", "loss_and_row_deltas",
            "read_manifest", "row_adagrad", "row_adam", "row_optimizer", "run_main",
-           "run_on_root", "save_checkpoint"]
+           "run_on_root", "save_checkpoint", "stats_delta"]

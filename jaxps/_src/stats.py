@@ -40,6 +40,8 @@ def snapshot(engine) -> dict:
 
 
 def delta(before: dict, after: dict) -> dict:
-    """The counters' increase between two ``ps.stats()``, and the local share of pulls."""
+    """The counters' increase between two ``ps.stats()`` (``jaxps.stats_delta``): gauges
+    (``GAUGES``: local fraction, staleness, owned and replicated rows) are left out, and
+    the local share of pulls is recomputed from the increase."""
     return with_local_fraction({k: v - before.get(k, 0) for k, v in after.items()
                                 if k not in GAUGES and isinstance(v, (int, float))})

@@ -32,7 +32,7 @@ def median_seconds(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def bench_local(args) -> dict:
+def bench_numpy(args) -> dict:
     from mpi4py import MPI
 
     import jaxps
@@ -115,7 +115,7 @@ def main(argv=None) -> None:
             print(json.dumps(remote))
         return
 
-    local = bench_local(args)
+    local = bench_numpy(args)
     mpiexec = Path(sys.executable).parent / "mpiexec"
     cmd = [str(mpiexec), "-n", "2", sys.executable, "-m", "train.bench.ps", "--remote-only",
            f"--keys={args.keys}", f"--dim={args.dim}", f"--batch={args.batch}",

@@ -50,7 +50,6 @@ def _on_jax_event(event: str, duration: float, **kwargs) -> None:
 
 
 jax.monitoring.register_event_duration_secs_listener(_on_jax_event)
-_GAUGES = ("local_fraction", "max_staleness", "replicas")  # ps.stats() values that are no counters
 
 
 # ----- data ----------------------------------------------------------------------------------
@@ -168,8 +167,7 @@ def train_epoch(trainer: SparseTrainer, sub_epochs: list, dataset, config, bar=N
             stopped_batches = stopped[0]
             break
     after = ps.stats()
-    ps_stats = {k: v - before.get(k, 0) for k, v in after.items()
-                if isinstance(v, (int, float)) and k not in _GAUGES}
+    ps_stats = jaxps.stats_delta(before, after)
     return {"loss_sum": loss_sum, "examples": examples, "batches": batches,
             "compiles": compiles, "ps": ps_stats, "seconds": time.perf_counter() - t0,
             "stopped_batches": stopped_batches, "stopped_sub": stopped_sub}
