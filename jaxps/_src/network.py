@@ -6,6 +6,7 @@ import collections
 import math
 import os
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -15,15 +16,23 @@ from .errors import InputError
 from .protocol import envelope_send_ns
 
 
-def cores_shared(comm: MPI.Comm) -> bool:
-    """Collective: do ranks of this host share cores (more ranks than the cores they may
-    run on, e.g. 4 ranks on 2 cores)? Then a waiting rank must not poll (spin)."""
+class Host(NamedTuple):
+    """This rank's place on its host (the ranks that share its memory)."""
+    local_rank: int     # 0 .. local_size - 1: which accelerator is this rank's share
+    local_size: int     # ranks on this host
+    cores_shared: bool  # more ranks than the cores they may run on (e.g. 4 ranks, 2 cores):
+                        # then a waiting rank must not poll (spin)
+
+
+def host_placement(comm: MPI.Comm) -> Host:
+    """Collective: this rank's ``Host`` among the ranks of ``comm``."""
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
         cores = node.allgather(sorted(os.sched_getaffinity(0)))
+        rank = node.Get_rank()
     finally:
         node.Free()
-    return len(set().union(*map(set, cores))) < len(cores)
+    return Host(rank, len(cores), len(set().union(*map(set, cores))) < len(cores))
 
 
 def emulated_network() -> tuple[float, float]:

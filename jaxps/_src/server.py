@@ -13,7 +13,7 @@ from mpi4py import MPI
 from . import access, registry, stats as counters, validate, waiting
 from .errors import InputError
 from .handles import Handle
-from .network import cores_shared, emulated_network
+from .network import Host, emulated_network, host_placement
 from .policy import PolicyView
 from .protocol import Tag
 from .replication import ReplicatingEngine
@@ -52,6 +52,9 @@ class ParameterServer:
         after it closed, on other threads) are the entrypoint's: wrap it in
         ``jaxps.run_main`` (or call ``jaxps.install_abort_hooks()`` first).
 
+    Attributes: ``rank`` and ``size`` in ``comm``; ``host`` (``local_rank``,
+    ``local_size``, ``cores_shared``): the ranks of ``comm`` on this rank's host.
+
     Thread-safety: all methods may be called from any thread; operations are applied
     in the order they take the PS's internal lock. Use as a context manager, or call
     ``close()`` (collective) at the end.
@@ -77,6 +80,9 @@ class ParameterServer:
         self._technique = registry.make(technique)
         self._comm = (MPI.COMM_WORLD if comm is None else comm).Clone()
         self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
+        # local_rank / local_size: where this rank is among the ranks of its host (the
+        # trainer runs its step on the host's accelerator number local_rank % count).
+        self.host = host_placement(self._comm) if self.size > 1 else Host(0, 1, False)
         self._check_finite = check_finite
         # The same keys on every rank, so that ranks can reduce them key by key.
         self._stats = counters.new_counters()
@@ -105,7 +111,7 @@ class ParameterServer:
                                    "mpi4py.rc.thread_level to a lower level")
             self._abort_on_error = abort_on_error
             latency, bandwidth = emulated_network()
-            spin = SPIN_S if not cores_shared(self._comm) else 0.0
+            spin = SPIN_S if not self.host.cores_shared else 0.0
             self._engine.transport = Transport(self._comm, self._engine.on_envelope, self._stats,
                                                poll=self._engine.poll, net_latency_s=latency,
                                                net_bandwidth=bandwidth,

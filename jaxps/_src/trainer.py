@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import devices
 from .errors import InputError
 from .pipeline import Batch, Prefetcher, bucket_size, index_batch, read_batch
 from .row_optim import RowOptimizer
@@ -92,6 +93,11 @@ class SparseTrainer:
         bucket size, so the step compiles once (``compile``) and never mid-epoch. Without
         it the padded size only grows (the largest bucket met so far), so a run compiles
         at most a few times, early.
+      device: where the jitted step runs (the PS's rows stay on the host and travel to
+        it and back every step): None picks, where JAX's default backend is a GPU (the
+        ``cuda`` extra), this rank's GPU, number ``ps.host.local_rank % count``, and the
+        CPU otherwise; a platform name ("gpu", "cpu") or a ``jax.Device`` chooses.
+        ``self.device`` is the choice (None: JAX's default, the CPU).
 
     Thread-safety: one thread drives a trainer; the trainer runs one background thread
     per ``train_epoch`` for the batch source (which must therefore be safe to iterate in
@@ -100,7 +106,7 @@ class SparseTrainer:
 
     def __init__(self, ps, loss_fn: Callable, optimizers: Mapping[str, RowOptimizer], *,
                  lookahead: int = 8, prefetch: int = 4, min_bucket: int = 64,
-                 max_keys: Mapping[str, int] | None = None):
+                 max_keys: Mapping[str, int] | None = None, device=None):
         if not optimizers:
             raise InputError("SparseTrainer: optimizers must map at least one table to a "
                              "RowOptimizer, e.g. {'entity': jaxps.row_adagrad(0.1)}")
@@ -138,6 +144,8 @@ class SparseTrainer:
         self._check_finite = getattr(ps, "_check_finite", True)
         self._compiles = 0
         self._step = jax.jit(self._make_step(loss_fn))
+        host = getattr(ps, "host", None)
+        self.device = devices.step_device(0 if host is None else host.local_rank, device)
 
     @property
     def compiles(self) -> int:
@@ -196,7 +204,8 @@ class SparseTrainer:
         sizes = self._padded_sizes(b)
         rows = {t: np.zeros((sizes[t], self._widths[t]), np.float32) for t in b.keys}
         counts = {t: np.int32(0) for t in b.keys}
-        out = self._step(rows, counts, b.data, np.float32(1.0))
+        with devices.on(self.device):
+            out = self._step(rows, counts, b.data, np.float32(1.0))
         jax.block_until_ready(out)
         return self._compiles - before
 
@@ -281,7 +290,8 @@ class SparseTrainer:
             rows[t], counts[t] = padded, np.int32(len(k))
         for h in handles:
             ps.wait(h)
-        loss, deltas, finite = self._step(rows, counts, b.data, np.float32(lr_scale))
+        with devices.on(self.device):
+            loss, deltas, finite = self._step(rows, counts, b.data, np.float32(lr_scale))
         if self._check_finite and not bool(finite):
             raise InputError(
                 f"the step produced NaN or Inf (loss {float(loss)}) at clock {ps.clock}; "

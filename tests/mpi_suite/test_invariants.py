@@ -211,3 +211,12 @@ def test_next_server_gets_no_message_of_the_last(technique):
             ps.barrier()
         assert_all(not versions.any() and (owners == RANK).all(),
                    f"rep {rep}: new server's home directory changed: versions {versions}")
+
+
+def test_host_placement_numbers_the_ranks_of_a_host():
+    """Every rank of a one-host job gets its own local rank (its GPU, where there are
+    GPUs: local_rank % count)."""
+    with make_ps("classic", e=jaxps.TableSpec(8, 2)) as ps:
+        local = COMM.allgather(tuple(ps.host))
+    assert sorted(r for r, _, _ in local) == list(range(SIZE))
+    assert {n for _, n, _ in local} == {SIZE}
