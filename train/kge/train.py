@@ -451,6 +451,8 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
             trainer = SparseTrainer(ps, make_loss(model, config), optimizers,
                                     lookahead=config.lookahead,
                                     max_keys=max_keys(config, dataset))
+            if trainer.device is not None:  # this rank's GPU: evaluation runs there too
+                jax.config.update("jax_default_device", trainer.device)
             example = next(epoch_batches(train, dataset.num_entities, config, first, rank,
                                          size, num_relations=dataset.num_relations), None)
             if example is not None:  # compiled here, so that no epoch stalls for it

@@ -242,6 +242,8 @@ def run(config: MfConfig, comm: MPI.Comm | None = None) -> dict:
             trainer = SparseTrainer(ps, make_loss(dataset.mean, config.reg), optimizers,
                                     lookahead=config.lookahead,
                                     max_keys=max_keys(config, dataset))
+            if trainer.device is not None:  # this rank's GPU: evaluation runs there too
+                jax.config.update("jax_default_device", trainer.device)
             # Compiled here, for the padded sizes of every batch, so no epoch stalls for it.
             trainer.compile(next(schedules.batches(train, np.arange(min(len(train),
                                                                          config.batch_size)),
