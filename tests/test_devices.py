@@ -59,7 +59,7 @@ def _dev_env(tmp_path, gpu: bool) -> dict:
                    else "#!/bin/sh\nexit 9\n")
     smi.chmod(0o755)
     env = {k: v for k, v in os.environ.items()
-           if k not in ("JAX_PLATFORMS", "XLA_PYTHON_CLIENT_PREALLOCATE")}
+           if k not in ("JAX_PLATFORMS", "XLA_PYTHON_CLIENT_PREALLOCATE", "JAXPS_EXTRAS")}
     env["PATH"] = f"{fake}:{env['PATH']}"
     out = subprocess.run(["bash", str(REPO / "dev.sh"), "env"], env=env, cwd=REPO,
                          capture_output=True, text=True, timeout=60, check=True).stdout
