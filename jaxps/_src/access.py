@@ -31,7 +31,7 @@ def start_pull(eng: ReplicatingEngine, t: TableState, keys: np.ndarray,
             np.take(t.store.values, slots, axis=0, out=out, mode="clip")
             return completed("pull", t.name, out)
         # Integer positions, not boolean masks: each mask indexing of rows is a copy.
-        own, other = np.flatnonzero(local), np.flatnonzero(~local)
+        other = np.flatnonzero(~local)
         if t.replicas is not None:  # owned or ready replicas only: answer here
             rslots = t.replicas.slot[keys[other]]
             if (rslots >= 0).all():
@@ -42,11 +42,12 @@ def start_pull(eng: ReplicatingEngine, t: TableState, keys: np.ndarray,
                 out[other] = t.replicas.value(rslots)
                 stats["pull_local"] += len(keys)
                 return completed("pull", t.name, out)
+        own = np.flatnonzero(local)
         out[own] = t.store.values[slots[own]]
         _count_local(stats, "pull", t, keys, local)
-        h = eng.new_handle("pull", t, int(np.count_nonzero(~local)), result=out)
-        rest = np.flatnonzero(~local)  # replicas answer inline, the rest travels
-        eng.serve(Msg(Tag.PULL, t, h.id, eng.rank, keys[rest], rest))
+        # The rest travels (replicas among it answer inline, in serve).
+        h = eng.new_handle("pull", t, len(other), result=out)
+        eng.serve(Msg(Tag.PULL, t, h.id, eng.rank, keys[other], other))
         if eng.transport is not None:
             eng.flush()
     return h
@@ -81,13 +82,13 @@ def write(eng: ReplicatingEngine, tag: Tag, t: TableState, keys: np.ndarray,
                 stats["push_local"] += len(keys)
                 return completed(kind, t.name)
         if tag is Tag.PUSH:
-            t.store.add(slots[local], rows[local])
+            t.store.add(slots[own], rows[own])
         else:
-            t.store.assign(slots[local], rows[local])
+            t.store.assign(slots[own], rows[own])
         _count_local(stats, "push", t, keys, local)
-        rest = ~local  # replicas apply inline, the rest travels
-        h = eng.new_handle(kind, t, int(np.count_nonzero(rest)), keys=keys[rest])
-        eng.serve(Msg(tag, t, h.id, eng.rank, keys[rest], np.flatnonzero(rest), rows[rest]))
+        # The rest travels (replicas among it apply inline, in serve).
+        h = eng.new_handle(kind, t, len(other), keys=keys[other])
+        eng.serve(Msg(tag, t, h.id, eng.rank, keys[other], other, rows[other]))
         if eng.transport is not None:
             eng.flush()
         if fenced and not h.done():
