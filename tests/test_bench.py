@@ -184,3 +184,21 @@ def test_workload_parameters():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_floor_moves_rows_without_losing_any(tmp_path):
+    """`python -m train.bench.floor` on 2 real ranks: every phase timed, every key still
+    on exactly one rank after the moves, the JSON written."""
+    from tests.conftest import mpirun
+
+    out = tmp_path / "floor.json"
+    res = mpirun(2, ["-m", "train.bench.floor", "--no-launch", "--steps", "20",
+                     "--repeats", "2", "--moved", "40", "--batch-keys", "60", "--keys", "1000",
+                     "--json", str(out)], timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["keys_conserved"] is True
+    assert set(figures["us_per_step"]) == {"request", "serve", "insert", "sendrecv", "pull",
+                                           "push", "process"}
+    assert figures["move_us_per_row"] > 0
+    assert "every key on exactly one rank afterwards: True" in res.stdout
