@@ -59,8 +59,12 @@ class KgeConfig:
     reciprocal: bool = _opt(True, "reciprocal relations (LibKGE's reciprocal_relations_model): "
                             "a second embedding p^-1 per relation, and head queries (?, p, o) "
                             "scored as tail queries (o, p^-1, ?)")
-    dropout: float = _opt(0.0, "dropout rate on the embeddings of the batch's triples", low=0,
+    dropout: float = _opt(0.0, "dropout rate on the embeddings of the batch's triples (entity "
+                          "rows, and relation rows unless --relation-dropout is set)", low=0,
                           high=1, high_open=True)
+    relation_dropout: float = _opt(-1.0, "dropout rate on relation rows, apart from entities "
+                                   "as LibKGE's configs set it; -1: the same as --dropout",
+                                   low=-1, high=1, high_open=True)
     lr: float = _opt(0.1, "learning rate", low=0, low_open=True)
     optimizer: str = _opt("adagrad", "row optimizer (its state lives in the PS rows)", OPTIMIZERS)
     # Training types, schedules, early stopping, config files (train/kge/train_types.py,
@@ -137,6 +141,9 @@ class KgeConfig:
     def __post_init__(self):
         object.__setattr__(self, "resume", resume_value(self.resume))
         check_fields(self)
+        if self.relation_dropout != -1 and self.relation_dropout < 0:
+            raise ValueError(f"--relation-dropout must be -1 (the same as --dropout) or in "
+                             f"[0, 1), got {self.relation_dropout!r}")
         model = models.get_model(self.model)
         try:
             model.entity_width(self.dim), model.relation_width(self.dim)
@@ -147,6 +154,12 @@ class KgeConfig:
                              "--eval-every N (> 0)")
         if (self.checkpoint_every or self.resume) and not self.out:
             raise ValueError("--checkpoint-every and --resume need --out DIR for the checkpoint")
+
+
+def dropout_rates(config: KgeConfig) -> tuple[float, float]:
+    """(entity rate, relation rate) of the embedding dropout."""
+    relation = config.dropout if config.relation_dropout == -1 else config.relation_dropout
+    return config.dropout, relation
 
 
 def parser() -> argparse.ArgumentParser:

@@ -38,7 +38,8 @@ from train.common.launch import ps_options
 from train.common.resume import restore
 from train.common.stats import global_stats
 from train.kge import early, synthetic, train_types
-from train.kge.config import KgeConfig
+from train.kge.train_types import dropout
+from train.kge.config import KgeConfig, dropout_rates
 from train.kge.data import KgeDataset, load_dataset, user_cache_dir
 from train.kge import init_embeddings, report
 from train.kge.evaluate import Scorers, build_filter, evaluate, filter_sets, reciprocal_scorers
@@ -181,17 +182,17 @@ def make_loss(model: models.KgeModel, config: KgeConfig):
 
     if config.train_type == "KvsAll":
         return train_types.make_kvsall_loss(model, config, regularizer)
+    entity_rate, relation_rate = dropout_rates(config)
 
     def loss_fn(rows, data):
         ent, rel = rows["entity"], rows["relation"]
         s, p, o, neg = ent[data["s"]], rel[data["p"]], ent[data["o"]], ent[data["neg"]]
         # Reciprocal: the head query (?, p, o) is the tail query (o, p^-1, ?) of its own row.
         p_inv = rel[data["p_inv"]] if config.reciprocal else p
-        if config.dropout:
-            key = jax.random.PRNGKey(data["seed"])
-            keep = 1.0 - config.dropout
-            s, p, o, p_inv = (jnp.where(jax.random.bernoulli(k, keep, x.shape), x / keep, 0.0)
-                              for k, x in zip(jax.random.split(key, 4), (s, p, o, p_inv)))
+        if entity_rate or relation_rate:
+            keys = jax.random.split(jax.random.PRNGKey(data["seed"]), 4)
+            s, p, o, p_inv = (dropout(k, x, rate) for k, x, rate in zip(
+                keys, (s, p, o, p_inv), (entity_rate, relation_rate, entity_rate, relation_rate)))
         tail = model.score_sp_(s, p, neg)
         if config.reciprocal:
             pos_tail, pos_head = model.score_spo(s, p, o), model.score_spo(o, p_inv, s)

@@ -28,6 +28,7 @@ import numpy as np
 
 import models
 from jaxps import Batch, index_batch
+from train.kge.config import dropout_rates
 
 
 class Queries(NamedTuple):
@@ -143,6 +144,14 @@ def kvsall_labels(lq, le, lw, batch: int, num_entities: int, smoothing: float):
     return labels
 
 
+def dropout(key, x, rate: float):
+    """Inverted dropout of the rows ``x`` at ``rate`` (a Python float; 0: ``x`` itself)."""
+    if not rate:
+        return x
+    keep = 1.0 - rate
+    return jnp.where(jax.random.bernoulli(key, keep, x.shape), x / keep, 0.0)
+
+
 def make_kvsall_loss(model: models.KgeModel, config, regularizer):
     """Pure JAX ``(rows, data) -> scalar``: BCE of every query against all entities + reg.
 
@@ -150,14 +159,14 @@ def make_kvsall_loss(model: models.KgeModel, config, regularizer):
     entity and relation rows, weighted by ``config.reg``.
     """
 
+    entity_rate, relation_rate = dropout_rates(config)
+
     def loss_fn(rows, data):
         ent, rel = rows["entity"], rows["relation"]
         e, r, cand = ent[data["e"]], rel[data["r"]], ent[data["cand"]]
-        if config.dropout:
-            keep = 1.0 - config.dropout
+        if entity_rate or relation_rate:
             k1, k2 = jax.random.split(jax.random.PRNGKey(data["seed"]))
-            e = jnp.where(jax.random.bernoulli(k1, keep, e.shape), e / keep, 0.0)
-            r = jnp.where(jax.random.bernoulli(k2, keep, r.shape), r / keep, 0.0)
+            e, r = dropout(k1, e, entity_rate), dropout(k2, r, relation_rate)
         scores = model.score_sp_(e, r, cand)
         if not config.reciprocal:
             scores = jnp.where(data["head"][:, None], model.score__po(cand, r, e), scores)
