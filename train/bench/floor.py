@@ -1,7 +1,7 @@
 """The floor: what moving rows between two ranks costs in numpy + mpi4py with no protocol.
 
 Usage:
-    python -m train.bench.floor [--moved 350] [--batch-keys 1100] [--width 256]
+    python -m train.bench.floor [--moved 350] [--width 256]
                                 [--keys 30000] [--steps 3000] [--repeats 3] [--json FILE]
 
 Run as a plain command it relaunches itself under ``mpiexec -n 2 -bind-to core`` (one
@@ -18,10 +18,9 @@ Per step and rank, with nothing but vectorized numpy and two blocking ``Sendrecv
    entries point at them.
 
 That is the least any design that moves rows on demand must do: no intents, no decisions,
-no acknowledgements, no owner updates, no sync rounds, no locks, no second thread. The
-same loop also times the step's own host work at any rank count, a pull (gather of
-``--batch-keys`` rows into the step's buffer) and a push (``values[slots] += deltas``),
-for comparison with the PS's pull and push on 1 rank.
+no acknowledgements, no owner updates, no sync rounds, no locks, no second thread. (The
+step's own pull and push are not part of it: ``python -m train.bench.ps`` compares those
+with numpy.)
 
 Printed per step and rank: CPU microseconds of each phase (``time.thread_time``), of the
 two ``Sendrecv`` calls (MPICH polls while it waits, so this is CPU too) and the whole
@@ -41,7 +40,7 @@ import time
 
 import numpy as np
 
-PHASES = ("request", "serve", "insert", "sendrecv", "pull", "push")
+PHASES = ("request", "serve", "insert", "sendrecv")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,9 +52,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--moved", type=int, default=350,
                    help="rows each rank asks the other for per step (kge-zipf-small, "
                         "adaptive, 2 ranks: ~350 moved or copied per step and rank)")
-    p.add_argument("--batch-keys", type=int, default=1100,
-                   help="rows a step pulls and pushes (kge-zipf-small: ~1,100 unique "
-                        "entities per batch)")
     p.add_argument("--width", type=int, default=256, help="float32 per row")
     p.add_argument("--keys", type=int, default=30000, help="rows in the table")
     p.add_argument("--steps", type=int, default=3000, help="timed steps per repeat")
@@ -64,11 +60,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-launch", action="store_true",
                    help="run in this process (under an mpiexec you started yourself)")
     args = p.parse_args(argv)
-    if min(args.moved, args.batch_keys, args.width, args.steps, args.repeats) < 1:
-        p.error("--moved, --batch-keys, --width, --steps and --repeats must be >= 1")
-    if args.keys < 4 * max(args.moved, args.batch_keys):
-        p.error(f"--keys {args.keys} is too small: it needs at least 4 x max(--moved, "
-                f"--batch-keys) = {4 * max(args.moved, args.batch_keys)} rows")
+    if min(args.moved, args.width, args.steps, args.repeats) < 1:
+        p.error("--moved, --width, --steps and --repeats must be >= 1")
+    if args.keys < 4 * args.moved:
+        p.error(f"--keys {args.keys} is too small: it needs at least 4 x --moved = "
+                f"{4 * args.moved} rows")
     return args
 
 
@@ -112,8 +108,6 @@ def run(args, comm) -> dict | None:
     req_recv = np.empty(k, np.int64)
     reply_send = np.empty((k, w), np.float32)
     reply_recv = np.empty((k, w), np.float32)
-    batch = np.empty((args.batch_keys, w), np.float32)
-    deltas = rng.standard_normal((args.batch_keys, w)).astype(np.float32) * 1e-6
     status = MPI.Status()
     peer = 1 - rank
 
@@ -121,7 +115,7 @@ def run(args, comm) -> dict | None:
         c = time.thread_time_ns
         z = c()
         cand = np.unique(rng.integers(0, args.keys, max(4 * k, 64)))  # a batch's keys
-        while np.count_nonzero(half.slot[cand] < 0) < k:  # rare: half the table is absent
+        while np.count_nonzero(half.slot[cand] < 0) < k:  # too few absent: draw more
             cand = np.unique(np.concatenate([cand, rng.integers(0, args.keys, 4 * k)]))
         a = c()
         want = cand[half.slot[cand] < 0][:k]  # the absent ones
@@ -134,21 +128,11 @@ def run(args, comm) -> dict | None:
         g = c()
         half.insert(want, reply_recv)
         h = c()
-        # The step's own host work: pull the batch's rows, push its deltas.
-        keys = np.flatnonzero(half.slot >= 0)[:args.batch_keys]  # untimed choice of rows
-        i = c()
-        slots = half.slot[keys]
-        np.take(half.values, slots, axis=0, out=batch)
-        j = c()
-        half.values[slots] += deltas
-        m = c()
         t["request"] += b - a
         t["sendrecv"] += (e - b) + (g - f)
         t["serve"] += f - e
         t["insert"] += h - g
-        t["pull"] += j - i
-        t["push"] += m - j
-        t["untimed"] += (i - h) + (a - z)
+        t["untimed"] += a - z
 
     for _ in range(50):  # warm-up: caches, MPICH's first-use set-up
         step(dict.fromkeys(PHASES + ("untimed",), 0))
@@ -188,8 +172,8 @@ def run(args, comm) -> dict | None:
 
 def report(out: dict) -> str:
     a = out["args"]
-    lines = [f"floor: 2 ranks, {a['moved']} rows moved per step and rank, {a['batch_keys']} "
-             f"pulled and pushed, {a['width']} float32 per row; {a['steps']} steps x "
+    lines = [f"floor: 2 ranks, {a['moved']} rows moved per step and rank, "
+             f"{a['width']} float32 per row; {a['steps']} steps x "
              f"{a['repeats']} repeats; CPU us per step and rank (min / median / max over "
              f"ranks and repeats)",
              f"{'phase':<10} {'min':>8} {'median':>8} {'max':>8}"]
