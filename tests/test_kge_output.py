@@ -85,6 +85,10 @@ def test_results_table_names_filter_subset_directions_and_types():
     summary["test"]["num_triples"] = summary["split_sizes"]["test"] = 2000
     assert "unfiltered (raw ranks) (--filter none)" in report.results_table(summary)
     assert "test: all 2,000 triples" in report.results_table(summary)
+    assert "5 epochs in 12.0 s on 1 rank(s)" in report.results_table(summary)
+    # stopped early: the epochs that ran, and the budget
+    summary["epochs_trained"] = 3
+    assert "3 epochs (of up to 5) in 12.0 s" in report.results_table(summary)
 
 
 def test_plots_are_titled_with_integer_ticks_and_legends(tmp_path, monkeypatch):

@@ -97,9 +97,13 @@ def plot_run(folder: str | Path, *, metric: str, ylabel: str, title: str,
                label="pulls served by the own rank")
     evaluated = [m for m in metrics if m.get("valid")]
     extra = []
+    # The final metrics are those of the tested model: the best epoch when it was restored
+    # (early stopping's keep), else the last epoch trained.
+    at = (summary["best_epoch"] if summary.get("best_restored") and summary.get("best_epoch")
+          else summary.get("epochs_trained") or summary["epochs"])
     for split in ("valid", "test"):
         if summary.get(split):
-            extra.append((f"final {split} {ylabel}", summary["epochs"], summary[split][metric]))
+            extra.append((f"final {split} {ylabel}", at, summary[split][metric]))
     _line_plot(written[2], [m["epoch"] for m in evaluated],
                [m["valid"][metric] for m in evaluated], ylabel=ylabel,
                title=f"{title}\n{run}", label=f"valid {ylabel} (--eval-every)", extra=extra)

@@ -91,7 +91,10 @@ def results_table(summary: dict) -> str:
             rows.append(f"{kind:<{width}}{m['num_triples']:>9}{m['relations']:>10}"
                         f"{m['mrr']:>10.4f}{m['head']['mrr']:>10.4f}{m['tail']['mrr']:>10.4f}"
                         f"{m['hits@10']:>10.4f}")
-    rows.append(f"{summary['epochs']} epochs in {summary['seconds']:.1f} s on "
+    # Early stopping ends a run before its --epochs budget: say how many epochs ran.
+    trained = summary.get("epochs_trained", summary["epochs"])
+    budget = f" (of up to {summary['epochs']})" if trained != summary["epochs"] else ""
+    rows.append(f"{trained} epochs{budget} in {summary['seconds']:.1f} s on "
                 f"{summary['ranks']} rank(s); local fraction of pulls "
                 f"{summary['ps']['local_fraction']:.3f}")
     return "\n".join(rows)
