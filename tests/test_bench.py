@@ -202,3 +202,16 @@ def test_floor_moves_rows_without_losing_any(tmp_path):
                                            "process"}
     assert figures["move_us_per_row"] > 0
     assert "every key on exactly one rank afterwards: True" in res.stdout
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_lockstep_trains_what_a_serial_replay_trains(tiny, ranks):
+    """train.bench.lockstep on real ranks: every rank's deltas reach the owners (none lost,
+    none doubled), pulls see the state after the previous step's pushes."""
+    from tests.conftest import mpirun
+
+    res = mpirun(ranks, ["tests/mpi_programs/lockstep_check.py", tiny, "15"], timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["max_abs_change"] > 1e-3          # it trained
+    assert out["max_abs_diff"] < 1e-5, out       # exactly what the replay trained
