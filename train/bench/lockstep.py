@@ -12,7 +12,7 @@ repeat (1 rank on core 0 alone, as ``train.bench``). Each rank holds the rows of
 training thread:
 
 1. the batch's keys are grouped by owner; one ``Alltoall`` of counts and one ``Alltoallv``
-   of keys tell each owner what is asked of it;
+   of keys (every table in the same ones) tell each owner what is asked of it;
 2. the owners gather those rows straight into one ``Alltoallv`` back; own rows are gathered
    locally, all into the step's padded buffer in the batch's key order;
 3. the jitted step (``jaxps.loss_and_row_deltas``, the same math as ``SparseTrainer``)
@@ -84,47 +84,61 @@ class Partition:
 
 
 def exchange_step(comm, parts: dict, step, batch, sizes: dict) -> float:
-    """Pull, step, push for one batch, all of it in collectives on this thread; the loss."""
+    """Pull, step, push for one batch, all of it in collectives on this thread; the loss.
+
+    Every table travels in the same collectives: one ``Alltoall`` of counts, then an
+    ``Alltoallv`` each of keys, rows and deltas, packed by destination rank and, within
+    it, by table (a loop over ranks and tables, never over keys).
+    """
     size = comm.Get_size()
-    rows, plans = {}, {}
-    for t, keys in batch.keys.items():
-        part = parts[t]
-        owner = (keys % size).astype(np.int64)
-        order = np.argsort(owner, kind="stable")
-        grouped = keys[order]
-        counts = np.bincount(owner, minlength=size).astype(np.int64)
-        buf = np.zeros((sizes[t], part.width), np.float32)
-        if size == 1:
-            buf[:len(keys)] = part.values[keys]
-            plans[t] = None
-        else:
-            got = np.empty(size, np.int64)
-            comm.Alltoall(counts, got)
-            asked = np.empty(int(got.sum()), np.int64)
-            comm.Alltoallv([grouped, counts], [asked, got])
-            out = part.values[asked // size]
-            recv = np.empty((len(keys), part.width), np.float32)
-            w = part.width
-            comm.Alltoallv([out.reshape(-1), got * w], [recv.reshape(-1), counts * w])
-            buf[order] = recv
-            plans[t] = (order, counts, got, asked)
-        rows[t] = buf
+    tables = list(batch.keys)
+    rows = {t: np.zeros((sizes[t], parts[t].width), np.float32) for t in tables}
+    if size == 1:
+        for t, keys in batch.keys.items():
+            rows[t][:len(keys)] = parts[t].values[keys]
+        loss, deltas = step(rows, batch.data)
+        for t, keys in batch.keys.items():
+            parts[t].values[keys] += np.asarray(deltas[t])[:len(keys)]
+        return loss
+    widths = np.array([parts[t].width for t in tables], np.int64)
+    order, sent = {}, np.zeros((size, len(tables)), np.int64)  # sent[d, i]: keys to rank d
+    for i, t in enumerate(tables):
+        owner = batch.keys[t] % size
+        order[t] = np.argsort(owner, kind="stable")
+        sent[:, i] = np.bincount(owner, minlength=size)
+    got = np.empty_like(sent)  # got[d, i]: keys rank d asks of this rank
+    comm.Alltoall(sent, got)
+    ends = {t: np.cumsum(sent[:, i]) for i, t in enumerate(tables)}
+    mine = [(d, i, t, order[t][ends[t][d] - sent[d, i]:ends[t][d]])
+            for d in range(size) for i, t in enumerate(tables)]  # positions per block
+    keys_out = np.concatenate([batch.keys[t][pos] for _, _, t, pos in mine])
+    asked_all = np.empty(int(got.sum()), np.int64)
+    comm.Alltoallv([keys_out, sent.sum(1)], [asked_all, got.sum(1)])
+    asked, at = [], 0  # (table, local rows) per block, source-major as they came
+    for d in range(size):
+        for i, t in enumerate(tables):
+            asked.append((t, asked_all[at:at + got[d, i]] // size))
+            at += got[d, i]
+    rows_out = np.concatenate([parts[t].values[local].reshape(-1) for t, local in asked])
+    rows_in = np.empty(int((sent @ widths).sum()), np.float32)
+    comm.Alltoallv([rows_out, got @ widths], [rows_in, sent @ widths])
+    at = 0
+    for d, i, t, pos in mine:
+        n = len(pos) * widths[i]
+        rows[t][pos] = rows_in[at:at + n].reshape(len(pos), widths[i])
+        at += n
     loss, deltas = step(rows, batch.data)
-    for t, keys in batch.keys.items():
-        part, d = parts[t], np.asarray(deltas[t])[:len(keys)]
-        if plans[t] is None:
-            part.values[keys] += d
-            continue
-        order, counts, got, asked = plans[t]
-        w = part.width
-        back = np.empty((len(asked), w), np.float32)
-        comm.Alltoallv([np.ascontiguousarray(d[order]).reshape(-1), counts * w],
-                       [back.reshape(-1), got * w])
-        # One sender's keys are unique, but two senders may push the same key: add the
-        # senders' parts one after the other (a loop over ranks, not keys).
-        ends = np.cumsum(got)
-        for a, b in zip(ends - got, ends):
-            part.values[asked[a:b] // size] += back[a:b]
+    host = {t: np.asarray(deltas[t]) for t in tables}
+    deltas_out = np.concatenate([host[t][pos].reshape(-1) for _, _, t, pos in mine])
+    deltas_in = np.empty(int((got @ widths).sum()), np.float32)
+    comm.Alltoallv([deltas_out, sent @ widths], [deltas_in, got @ widths])
+    at = 0
+    for t, local in asked:
+        # One sender's keys are unique, but two senders may push the same key: each
+        # sender's block is added on its own (a loop over ranks and tables, not keys).
+        n = len(local) * parts[t].width
+        parts[t].values[local] += deltas_in[at:at + n].reshape(len(local), parts[t].width)
+        at += n
     return loss
 
 
