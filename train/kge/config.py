@@ -21,6 +21,7 @@ FILTERS = ("all", "train", "none")  # train/kge/evaluate.py FILTER_SPLITS
 TRAIN_TYPES = ("negative_sampling", "1vsAll", "KvsAll")
 LR_SCHEDULES = ("none", "plateau", "cosine", "warmup_cosine")
 PRESETS = ("", "libkge")
+INITS = ("normal", "uniform")
 
 
 RESUME_MODES = ("", "latest", "auto")
@@ -107,8 +108,11 @@ class KgeConfig:
     init_embeddings: str = _opt("", "start from the embeddings a finished run exported into "
                                 "this folder (its --out; rows matched by name, widths checked "
                                 "against --model/--dim; ignored when resuming)")
-    init_scale: float = _opt(0.1, "standard deviation of the normal initial embeddings", low=0,
-                             low_open=True)
+    init: str = _opt("normal", "initial embeddings: normal (standard deviation --init-scale) "
+                     "or uniform (in [-init_scale, init_scale]), LibKGE's normal_ / uniform_",
+                     INITS)
+    init_scale: float = _opt(0.1, "standard deviation (normal) or half-width (uniform) of the "
+                             "initial embeddings", low=0, low_open=True)
     technique: str = _opt("adaptive", "parameter management technique of the PS (adaptive: no tuning)", TECHNIQUES)
     lookahead: int = _opt(8, "signal intent this many batches ahead (0: no intents)", low=0,
                           high=64)

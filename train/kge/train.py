@@ -225,7 +225,7 @@ def make_tables(model, dataset: KgeDataset, config: KgeConfig):
     widths = {"entity": model.entity_width(config.dim), "relation": model.relation_width(config.dim)}
     sizes = {"entity": dataset.num_entities,
              "relation": dataset.num_relations * (2 if config.reciprocal else 1)}
-    tables = {t: TableSpec(sizes[t], widths[t], init="normal", init_scale=config.init_scale,
+    tables = {t: TableSpec(sizes[t], widths[t], init=config.init, init_scale=config.init_scale,
                            state_dim=opt.state_dim(widths[t]), state_init=opt.state_init,
                            seed=config.seed) for t in sizes}
     return tables, {t: opt for t in tables}

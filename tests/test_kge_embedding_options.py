@@ -1,6 +1,7 @@
-"""Embedding dropout with separate entity and relation rates (``--dropout``,
-``--relation-dropout``, as LibKGE's configs set them): each rate reaches its own rows, and
-``--relation-dropout -1`` trains exactly as one shared rate did."""
+"""Embedding options of train.kge: dropout with separate entity and relation rates
+(``--dropout``, ``--relation-dropout``, as LibKGE's configs set them): each rate reaches its
+own rows, and ``--relation-dropout -1`` trains exactly as one shared rate did; and the
+initialization (``--init normal|uniform``) that reaches the PS tables."""
 
 from __future__ import annotations
 
@@ -71,3 +72,23 @@ def test_each_rate_reaches_its_own_rows():
     assert not np.any(np.asarray(g["entity"])[positives])
     _, g0, _ = loss_and_grads("--dropout", "0", "--relation-dropout", "0")
     assert np.any(g0["relation"]) and np.any(np.asarray(g0["entity"])[positives])
+
+
+@pytest.mark.parametrize("init,check", [
+    ("uniform", lambda x, s: np.abs(x).max() <= s and np.abs(x).max() > 0.9 * s),
+    ("normal", lambda x, s: abs(float(np.std(x)) - s) < 0.05 * s)])
+def test_init_reaches_the_tables(init, check):
+    """``--init uniform`` (LibKGE's uniform_) fills U(-s, s), ``normal`` N(0, s^2)."""
+    import jaxps
+    from train.kge.train import make_tables
+
+    config = parse_args(["--init", init, "--init-scale", "0.5", "--dim", "16"])
+
+    class Dataset:  # make_tables reads only the sizes
+        num_entities, num_relations = 400, 7
+
+    tables, _ = make_tables(models.get_model("complex"), Dataset(), config)
+    for name, spec in tables.items():
+        assert spec.init == init
+        x = jaxps.initial_table(spec, name)[:, :spec.dim]
+        assert check(x, 0.5), (name, init)
