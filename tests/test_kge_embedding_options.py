@@ -1,7 +1,8 @@
 """Embedding options of train.kge: dropout with separate entity and relation rates
 (``--dropout``, ``--relation-dropout``, as LibKGE's configs set them): each rate reaches its
 own rows, and ``--relation-dropout -1`` trains exactly as one shared rate did; and the
-initialization (``--init normal|uniform``) that reaches the PS tables."""
+initialization (``--init normal|uniform``, ``--init-scale``, ``--init-mean``) that reaches
+the PS tables."""
 
 from __future__ import annotations
 
@@ -74,15 +75,19 @@ def test_each_rate_reaches_its_own_rows():
     assert np.any(g0["relation"]) and np.any(np.asarray(g0["entity"])[positives])
 
 
-@pytest.mark.parametrize("init,check", [
-    ("uniform", lambda x, s: np.abs(x).max() <= s and np.abs(x).max() > 0.9 * s),
-    ("normal", lambda x, s: abs(float(np.std(x)) - s) < 0.05 * s)])
-def test_init_reaches_the_tables(init, check):
-    """``--init uniform`` (LibKGE's uniform_) fills U(-s, s), ``normal`` N(0, s^2)."""
+@pytest.mark.parametrize("init,mean,check", [
+    ("uniform", 0.0, lambda x, s: np.abs(x).max() <= s and np.abs(x).max() > 0.9 * s),
+    ("uniform", 0.5, lambda x, s: x.min() >= 0.0 and x.max() <= 1.0 and x.max() > 0.95),
+    ("normal", 0.0, lambda x, s: abs(float(np.std(x)) - s) < 0.05 * s),
+    # the relation table has 14 x 16 values: 0.15 is 4.5 standard errors of their mean
+    ("normal", -1.0, lambda x, s: abs(float(np.mean(x)) + 1.0) < 0.15)])
+def test_init_reaches_the_tables(init, mean, check):
+    """``--init uniform`` (LibKGE's uniform_) fills U(m - s, m + s), ``normal`` N(m, s^2)."""
     import jaxps
     from train.kge.train import make_tables
 
-    config = parse_args(["--init", init, "--init-scale", "0.5", "--dim", "16"])
+    config = parse_args(["--init", init, "--init-scale", "0.5", "--init-mean", str(mean),
+                         "--dim", "16"])
 
     class Dataset:  # make_tables reads only the sizes
         num_entities, num_relations = 400, 7

@@ -159,6 +159,15 @@ def test_initial_values_are_deterministic_and_placement_independent():
     assert not np.array_equal(other, all_rows)  # tables differ
     uni = initial_rows(jaxps.TableSpec(1000, 8, init="uniform", init_scale=0.1), "e", np.arange(1000))
     assert uni.min() >= -0.1 and uni.max() <= 0.1 and uni.std() > 0.05
+    # init_mean shifts the same draws (torch's uniform_(a, b): scale (b-a)/2, mean (a+b)/2)
+    shifted = initial_rows(jaxps.TableSpec(1000, 8, init="uniform", init_scale=0.1,
+                                           init_mean=0.45), "e", np.arange(1000))
+    np.testing.assert_allclose(shifted, uni + 0.45, atol=1e-7)
+    normal = initial_rows(jaxps.TableSpec(1000, 8, init="normal", init_scale=0.5, seed=3,
+                                          init_mean=-2.0), "e", np.arange(1000))
+    np.testing.assert_allclose(normal, all_rows - 2.0, atol=1e-6)
+    with pytest.raises(jaxps.InputError, match="init_mean must be a finite number"):
+        jaxps.TableSpec(10, 4, init_mean=float("nan"))
 
 
 @settings(max_examples=25, deadline=None)

@@ -24,13 +24,16 @@ class TableSpec:
     Attributes:
       num_keys: keys are the integers ``[0, num_keys)``.
       dim: parameter columns per row.
-      init: ``"normal"`` (N(0, init_scale^2)), ``"uniform"`` (U(-init_scale, init_scale))
-        or ``"zeros"`` for the parameter columns.
+      init: ``"normal"`` (N(init_mean, init_scale^2)), ``"uniform"``
+        (U(init_mean - init_scale, init_mean + init_scale)) or ``"zeros"`` for the parameter
+        columns.
       init_scale: standard deviation / half-width of the initial values.
       state_dim: optimizer-state columns after the parameter (0 for none).
       state_init: initial value of every state column (e.g. AdaGrad's initial accumulator).
       seed: initial values depend only on (seed, table name, key, column), never on how
         many ranks there are or where a key lives.
+      init_mean: mean (normal) / center (uniform) of the initial values; torch's
+        ``uniform_(a, b)`` is ``init_scale = (b - a) / 2, init_mean = (a + b) / 2``.
     """
 
     num_keys: int
@@ -40,6 +43,7 @@ class TableSpec:
     state_dim: int = 0
     state_init: float = 0.0
     seed: int = 0
+    init_mean: float = 0.0
 
     def __post_init__(self):
         for field in ("num_keys", "dim"):
@@ -48,6 +52,10 @@ class TableSpec:
                 raise InputError(f"TableSpec.{field} must be a positive int, got {value!r}")
         if not isinstance(self.state_dim, (int, np.integer)) or self.state_dim < 0:
             raise InputError(f"TableSpec.state_dim must be an int >= 0, got {self.state_dim!r}")
+        for field in ("init_scale", "init_mean"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float, np.floating)) or not np.isfinite(value):
+                raise InputError(f"TableSpec.{field} must be a finite number, got {value!r}")
         if self.init not in INITS:
             raise InputError(f"TableSpec.init must be one of {INITS}, got {self.init!r}")
         if self.num_keys >= 2**62:
@@ -98,8 +106,11 @@ def initial_rows(spec: TableSpec, name: str, keys: np.ndarray) -> np.ndarray:
         counter = keys.astype(np.uint64)[:, None] * np.uint64(2 * spec.dim) + 2 * cols[None, :]
         u1 = _uniform01(counter, base)
         if spec.init == "uniform":
-            rows[:, :spec.dim] = (2.0 * u1 - 1.0) * spec.init_scale
-            return rows
-        u2 = _uniform01(counter + np.uint64(1), base)
-    rows[:, :spec.dim] = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2) * spec.init_scale
+            values = (2.0 * u1 - 1.0) * spec.init_scale
+        else:
+            u2 = _uniform01(counter + np.uint64(1), base)
+            values = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2) * spec.init_scale
+    if spec.init_mean:  # (only then: keeps every earlier table bit for bit)
+        values += spec.init_mean
+    rows[:, :spec.dim] = values
     return rows

@@ -113,6 +113,9 @@ class KgeConfig:
                      INITS)
     init_scale: float = _opt(0.1, "standard deviation (normal) or half-width (uniform) of the "
                              "initial embeddings", low=0, low_open=True)
+    init_mean: float = _opt(0.0, "mean (normal) or center (uniform) of the initial embeddings; "
+                            "torch's uniform_(a, b) is --init uniform --init-scale (b - a) / 2 "
+                            "--init-mean (a + b) / 2")
     technique: str = _opt("adaptive", "parameter management technique of the PS (adaptive: no tuning)", TECHNIQUES)
     lookahead: int = _opt(8, "signal intent this many batches ahead (0: no intents)", low=0,
                           high=64)

@@ -226,8 +226,8 @@ def make_tables(model, dataset: KgeDataset, config: KgeConfig):
     sizes = {"entity": dataset.num_entities,
              "relation": dataset.num_relations * (2 if config.reciprocal else 1)}
     tables = {t: TableSpec(sizes[t], widths[t], init=config.init, init_scale=config.init_scale,
-                           state_dim=opt.state_dim(widths[t]), state_init=opt.state_init,
-                           seed=config.seed) for t in sizes}
+                           init_mean=config.init_mean, state_dim=opt.state_dim(widths[t]),
+                           state_init=opt.state_init, seed=config.seed) for t in sizes}
     return tables, {t: opt for t in tables}
 
 
