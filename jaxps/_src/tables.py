@@ -54,7 +54,8 @@ class TableSpec:
             raise InputError(f"TableSpec.state_dim must be an int >= 0, got {self.state_dim!r}")
         for field in ("init_scale", "init_mean"):
             value = getattr(self, field)
-            if not isinstance(value, (int, float, np.floating)) or not np.isfinite(value):
+            if not isinstance(value, (int, float, np.integer, np.floating)) or \
+                    not np.isfinite(value):
                 raise InputError(f"TableSpec.{field} must be a finite number, got {value!r}")
         if self.init not in INITS:
             raise InputError(f"TableSpec.init must be one of {INITS}, got {self.init!r}")

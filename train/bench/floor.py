@@ -32,11 +32,11 @@ docs/bench.md, "The floor".
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -193,22 +193,18 @@ def main(argv=None) -> int:
         return subprocess.run(cmd, env=os.environ.copy()).returncode
     from mpi4py import MPI
 
-    try:
-        out = run(args, MPI.COMM_WORLD)
-    except BaseException as e:  # the peer would wait in Sendrecv forever: end the job
-        print(f"[train.bench.floor rank {MPI.COMM_WORLD.Get_rank()}] {type(e).__name__}: {e}",
-              file=sys.stderr, flush=True)
-        MPI.COMM_WORLD.Abort(1)
-        raise
+    from train.common.outputs import write_json
+
+    out = run(args, MPI.COMM_WORLD)
     if out is not None:
         print(report(out), flush=True)
         if args.json:
-            tmp = f"{args.json}.tmp"
-            with open(tmp, "w") as f:
-                json.dump(out, f, indent=1)
-            os.replace(tmp, args.json)
+            write_json(Path(args.json), out)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import jaxps
+
+    # A failure on one rank ends the whole job (its peer would wait in Sendrecv forever).
+    sys.exit(jaxps.run_main(main))

@@ -78,9 +78,9 @@ class Partition:
     def __init__(self, spec, name: str, rank: int, size: int):
         from jaxps import initial_rows
 
-        self.rank, self.size, self.width = rank, size, spec.width
-        own = np.arange(rank, spec.num_keys, size, dtype=np.int64)
-        self.values = initial_rows(spec, name, own).astype(np.float32)
+        self.width = spec.width
+        self.values = initial_rows(spec, name, np.arange(rank, spec.num_keys, size,
+                                                         dtype=np.int64))
 
 
 def exchange_step(comm, parts: dict, step, batch, sizes: dict) -> float:
@@ -109,9 +109,9 @@ def exchange_step(comm, parts: dict, step, batch, sizes: dict) -> float:
     got = np.empty_like(sent)  # got[d, i]: keys rank d asks of this rank
     comm.Alltoall(sent, got)
     ends = {t: np.cumsum(sent[:, i]) for i, t in enumerate(tables)}
-    mine = [(d, i, t, order[t][ends[t][d] - sent[d, i]:ends[t][d]])
+    mine = [(i, t, order[t][ends[t][d] - sent[d, i]:ends[t][d]])
             for d in range(size) for i, t in enumerate(tables)]  # positions per block
-    keys_out = np.concatenate([batch.keys[t][pos] for _, _, t, pos in mine])
+    keys_out = np.concatenate([batch.keys[t][pos] for _, t, pos in mine])
     asked_all = np.empty(int(got.sum()), np.int64)
     comm.Alltoallv([keys_out, sent.sum(1)], [asked_all, got.sum(1)])
     asked, at = [], 0  # (table, local rows) per block, source-major as they came
@@ -123,13 +123,13 @@ def exchange_step(comm, parts: dict, step, batch, sizes: dict) -> float:
     rows_in = np.empty(int((sent @ widths).sum()), np.float32)
     comm.Alltoallv([rows_out, got @ widths], [rows_in, sent @ widths])
     at = 0
-    for d, i, t, pos in mine:
+    for i, t, pos in mine:
         n = len(pos) * widths[i]
         rows[t][pos] = rows_in[at:at + n].reshape(len(pos), widths[i])
         at += n
     loss, deltas = step(rows, batch.data)
     host = {t: np.asarray(deltas[t]) for t in tables}
-    deltas_out = np.concatenate([host[t][pos].reshape(-1) for _, _, t, pos in mine])
+    deltas_out = np.concatenate([host[t][pos].reshape(-1) for _, t, pos in mine])
     deltas_in = np.empty(int((got @ widths).sum()), np.float32)
     comm.Alltoallv([deltas_out, sent @ widths], [deltas_in, got @ widths])
     at = 0
@@ -209,18 +209,12 @@ def run_job(args, ranks: int) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.worker:
-        from mpi4py import MPI
+    from train.common.outputs import write_json
 
-        try:
-            result = worker(json.loads(args.worker))
-        except BaseException as e:  # a peer waits in a collective: end the whole job
-            print(f"[train.bench.lockstep rank {MPI.COMM_WORLD.Get_rank()}] "
-                  f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
-            MPI.COMM_WORLD.Abort(1)
-            raise
+    if args.worker:
+        result = worker(json.loads(args.worker))
         if result is not None:
-            Path(args.json).write_text(json.dumps(result))
+            write_json(Path(args.json), result)
         return 0
     from train.bench import workloads as bench_workloads
     from train.bench.workloads import BenchOptions
@@ -252,12 +246,13 @@ def main(argv=None) -> int:
                       f" examples/s, {m['examples_per_cpu_s'] / table[1]['examples_per_cpu_s']:.2f}"
                       " per CPU-s")
     if args.json:
-        tmp = f"{args.json}.tmp"
-        Path(tmp).write_text(json.dumps({"workload": args.workload, "steps": args.steps,
-                                         "runs": table}, indent=1))
-        os.replace(tmp, args.json)
+        write_json(Path(args.json), {"workload": args.workload, "steps": args.steps,
+                                     "runs": table})
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import jaxps
+
+    # A failure on one rank ends the whole job (its peers would wait in a collective).
+    sys.exit(jaxps.run_main(main))

@@ -109,8 +109,8 @@ class KgeConfig:
                                 "this folder (its --out; rows matched by name, widths checked "
                                 "against --model/--dim; ignored when resuming)")
     init: str = _opt("normal", "initial embeddings: normal (standard deviation --init-scale) "
-                     "or uniform (in [-init_scale, init_scale]), LibKGE's normal_ / uniform_",
-                     INITS)
+                     "or uniform (half-width --init-scale), both around --init-mean; LibKGE's "
+                     "normal_ / uniform_", INITS)
     init_scale: float = _opt(0.1, "standard deviation (normal) or half-width (uniform) of the "
                              "initial embeddings", low=0, low_open=True)
     init_mean: float = _opt(0.0, "mean (normal) or center (uniform) of the initial embeddings; "

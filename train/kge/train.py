@@ -38,7 +38,6 @@ from train.common.launch import ps_options
 from train.common.resume import restore
 from train.common.stats import global_stats
 from train.kge import early, synthetic, train_types
-from train.kge.train_types import dropout
 from train.kge.config import KgeConfig, dropout_rates
 from train.kge.data import KgeDataset, load_dataset, user_cache_dir
 from train.kge import init_embeddings, report
@@ -191,7 +190,7 @@ def make_loss(model: models.KgeModel, config: KgeConfig):
         p_inv = rel[data["p_inv"]] if config.reciprocal else p
         if entity_rate or relation_rate:
             keys = jax.random.split(jax.random.PRNGKey(data["seed"]), 4)
-            s, p, o, p_inv = (dropout(k, x, rate) for k, x, rate in zip(
+            s, p, o, p_inv = (train_types.dropout(k, x, rate) for k, x, rate in zip(
                 keys, (s, p, o, p_inv), (entity_rate, relation_rate, entity_rate, relation_rate)))
         tail = model.score_sp_(s, p, neg)
         if config.reciprocal:
