@@ -22,6 +22,7 @@ from ._src.stats import delta as stats_delta
 from ._src.tables import TableSpec as TableSpec
 from ._src.tables import initial_rows as initial_rows
 from ._src.adaptive import Adaptive as Adaptive
+from ._src.lockstep import Lockstep as Lockstep
 from ._src.policy import PolicyView as PolicyView
 from ._src.policy import Technique as Technique
 from ._src.techniques import TECHNIQUES as TECHNIQUES
@@ -49,7 +50,7 @@ def __getattr__(name):
 
 __all__ = ["Adaptive", "Batch", "CheckpointError", "Classic", "DenseMetrics", "DenseTrainer",
            "EpochMetrics", "Handle",
-           "InputError", "JobExit", "Nups", "ParameterServer", "PolicyView", "ProtocolError",
+           "InputError", "JobExit", "Lockstep", "Nups", "ParameterServer", "PolicyView", "ProtocolError",
            "ROW_OPTIMIZERS", "Relocation", "Replication", "RowOptimizer", "SparseTrainer", "TECHNIQUES",
            "TableSpec", "Technique", "bucket_size", "index_batch", "initial_rows", "initial_table",
            "install_abort_hooks", "list_checkpoints", "load_checkpoint", "loss_and_row_deltas",

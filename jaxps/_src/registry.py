@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .adaptive import Adaptive
 from .errors import InputError
+from .lockstep import Lockstep
 from .policy import Technique
 from .techniques import TECHNIQUES, Classic, Relocation, Replication
 
@@ -13,7 +14,7 @@ def make(technique) -> Technique:
     if isinstance(technique, Technique):
         return technique
     available = {"classic": Classic, "replication": Replication, "relocation": Relocation,
-                 "adaptive": Adaptive}
+                 "adaptive": Adaptive, "lockstep": Lockstep}
     if technique in available:
         return available[technique]()
     if technique == "nups":

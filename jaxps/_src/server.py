@@ -33,7 +33,7 @@ class ParameterServer:
 
     Args:
       tables: table name -> TableSpec.
-      technique: "classic", "replication", "relocation", "nups" or "adaptive" (see
+      technique: "classic", "replication", "relocation", "nups", "adaptive" or "lockstep" (see
         ``jaxps.TECHNIQUES`` and docs/design.md), or a technique object such as
         ``jaxps.Nups(hot_keys={"relation": keys})``. "adaptive" needs no tuning.
       comm: MPI communicator (default COMM_WORLD). The PS works on a clone, so its
@@ -119,6 +119,13 @@ class ParameterServer:
             self._engine.transport.start()
         else:
             self._abort_on_error = False
+        # Lockstep: the trainer's per-step collectives, on a communicator of their own.
+        self._lockstep = None
+        if getattr(self._technique, "steps_in_collectives", False) and self.size > 1:
+            from .lockstep import StepExchange
+            self._lockstep = StepExchange(
+                self._comm.Clone(), self._by_name, self._engine.lock, self._stats,
+                timeout=peer_timeout, net=emulated_network())
 
     # ----- context manager -------------------------------------------------------------
     def __enter__(self) -> "ParameterServer":
@@ -144,6 +151,8 @@ class ParameterServer:
                 self._engine.flush()
             self._engine.transport.quiesce().wait()
             self._engine.transport.close()
+        if self._lockstep is not None:
+            self._lockstep.close()
         self._comm.Free()
 
     # ----- reads and writes -------------------------------------------------------------

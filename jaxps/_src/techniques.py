@@ -7,6 +7,7 @@
 | relocation  | Lapse: ``localize``/intents move keys to the rank that uses them   |
 | nups        | NuPS: a static hot set replicated everywhere, the rest relocated  |
 | adaptive    | AdaPS (``adaptive.py``): per key and over time, from intents      |
+| lockstep    | as classic; the trainer's steps move rows in collectives          |
 
 The protocol engine is the same for all of them: "classic" is just the policy that never
 moves or copies a key.
@@ -22,7 +23,7 @@ from . import uniq
 from .errors import InputError
 from .policy import Technique
 
-TECHNIQUES = ("classic", "replication", "relocation", "nups", "adaptive")
+TECHNIQUES = ("classic", "replication", "relocation", "nups", "adaptive", "lockstep")
 
 
 class Classic(Technique):

@@ -99,6 +99,10 @@ class SparseTrainer:
         CPU otherwise; a platform name ("gpu", "cpu") or a ``jax.Device`` chooses.
         ``self.device`` is the choice (None: JAX's default, the CPU).
 
+    With the ``lockstep`` technique (``jaxps.Lockstep``) on several ranks, ``train_epoch``
+    is collective: rows and deltas move in per-step collectives made by this thread
+    (``jaxps/_src/lockstep.py``); ``lookahead`` is not used (nothing moves ahead).
+
     Thread-safety: one thread drives a trainer; the trainer runs one background thread
     per ``train_epoch`` for the batch source (which must therefore be safe to iterate in
     another thread).
@@ -146,6 +150,8 @@ class SparseTrainer:
         self._step = jax.jit(self._make_step(loss_fn))
         host = getattr(ps, "host", None)
         self.device = devices.step_device(0 if host is None else host.local_rank, device)
+        # Lockstep (jaxps._src.lockstep): rows move in this thread's collectives.
+        self._exchange = getattr(ps, "_lockstep", None)
 
     @property
     def compiles(self) -> int:
@@ -224,10 +230,14 @@ class SparseTrainer:
             ``scale_by_learning_rate``). A step argument, so a new value never recompiles.
 
         Returns:
-          EpochMetrics. Afterwards every push of this rank has completed
+          EpochMetrics. Collective with the lockstep technique (every rank calls it, as
+          many times; the batch counts may differ). Afterwards every push of this rank has
+          completed
           (``ps.wait_all``); call ``ps.wait_sync()`` (collective) before reading other
           ranks' updates.
         """
+        if self._exchange is not None:
+            return self._epoch_in_lockstep(batches, on_batch, lr_scale)
         ps = self.ps
         before = ps.stats()
         compiles0 = self._compiles
@@ -271,6 +281,63 @@ class SparseTrainer:
                 if on_batch is not None:
                     on_batch(b.num_examples, loss)
         ps.wait_all()
+        seconds = time.perf_counter() - t0
+        loss = float(np.dot(losses, weights) / sum(weights)) if losses else float("nan")
+        return EpochMetrics(loss, examples, nbatches, seconds, examples / max(seconds, 1e-9),
+                            self._compiles, self._compiles - compiles0,
+                            stats_delta(before, ps.stats()))
+
+    def _epoch_in_lockstep(self, batches: Iterable, on_batch, lr_scale) -> EpochMetrics:
+        """``train_epoch`` with the lockstep technique: collective (every rank runs it).
+
+        Per batch: the rows come from their owners in ``StepExchange.pull``, the step runs,
+        the deltas go back in ``StepExchange.push``. No intents (nothing moves). A rank
+        whose batches ran out takes part in the others' remaining steps with no keys, so
+        every rank makes the same number of exchanges (uneven shards do not hang).
+        """
+        ps, exchange = self.ps, self._exchange
+        names = sorted(self._opt)
+        none = {t: np.empty(0, np.int64) for t in names}
+        before = ps.stats()
+        compiles0 = self._compiles
+        t0 = time.perf_counter()
+        losses, weights, examples, nbatches = [], [], 0, 0
+        with Prefetcher(batches, self._prepare, self.prefetch, "jaxps-batches") as source:
+            b = source.get()
+            while True:
+                if b is None:
+                    if not exchange.pull(names, none, {}, done=True):
+                        break
+                    exchange.push({})
+                    continue
+                sizes = self._padded_sizes(b)
+                keys = {t: b.keys.get(t, none[t]) for t in names}
+                rows, counts = {}, {}
+                for t in names:
+                    padded = _aligned_empty((sizes.get(t, self._floor[t]), self._widths[t]))
+                    padded[len(keys[t]):] = 0.0
+                    rows[t], counts[t] = padded, np.int32(len(keys[t]))
+                exchange.pull(names, keys, rows, done=False)
+                scale = lr_scale(nbatches) if callable(lr_scale) else lr_scale
+                with devices.on(self.device):
+                    loss, deltas, finite = self._step(rows, counts, b.data, np.float32(scale))
+                if self._check_finite and not bool(finite):
+                    # The other ranks wait in the push: the error ends the job (run_main or
+                    # the PS's abort_on_error), as any error during a collective must.
+                    raise InputError(
+                        f"the step produced NaN or Inf (loss {float(loss)}) at clock "
+                        f"{ps.clock}; nothing of this batch was pushed. Lower the learning "
+                        f"rate or check the loss for log(0) / division by zero")
+                exchange.push({t: np.asarray(deltas[t]) for t in names})
+                ps.advance_clock()
+                loss = float(loss)
+                losses.append(loss)
+                weights.append(b.num_examples)
+                examples += b.num_examples
+                nbatches += 1
+                if on_batch is not None:
+                    on_batch(b.num_examples, loss)
+                b = source.get()
         seconds = time.perf_counter() - t0
         loss = float(np.dot(losses, weights) / sum(weights)) if losses else float("nan")
         return EpochMetrics(loss, examples, nbatches, seconds, examples / max(seconds, 1e-9),

@@ -38,7 +38,7 @@ from train.common.stats import sum_counters
 from train.bench.workloads import BenchOptions
 
 REPO = Path(__file__).resolve().parents[2]  # train/bench/harness.py -> the repository
-TECHNIQUES = ("classic", "replication", "relocation", "nups", "adaptive")
+TECHNIQUES = ("classic", "replication", "relocation", "nups", "adaptive", "lockstep")
 NUPS_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)      # x the heuristic hot set (top 1% entities)
 QUICK_NUPS_SCALES = (0.5, 1.0, 2.0)
 LOSS_WINDOW = 10                              # "loss" = mean batch loss of the last steps
