@@ -92,3 +92,38 @@ def test_replay_finds_the_best_checkpoint_again(tmp_path):
     t.replay(history)
     assert (t.best_epoch, t.best_mrr, t.bad) == (4, 0.4, 1)
     assert t.best_path == tmp_path / "best" / "step-000000000004"
+
+
+def test_a_run_continues_from_the_best_model(graph, tmp_path, capsys):
+    """out/best holds what a checkpoint of checkpoints/ holds: --resume out/best/step-N
+    continues from the best epoch (e.g. with a lower lr), with the history up to it."""
+    out = tmp_path / "out"
+    common = ["--data", str(graph), "--dim", "16", "--batch-size", "256", "--negatives", "32",
+              "--eval-every", "2", "--max-eval", "100", "--no-progress"]
+    kge_train.run(parse_args(common + ["--out", str(out), "--epochs", "4"]))
+    best = sorted((out / "best").glob("step-*"))[-1]
+    epoch = int(best.name.split("-")[1])
+    again = tmp_path / "again"
+    summary = kge_train.run(parse_args(common + ["--out", str(again), "--epochs", "6",
+                                                 "--resume", str(best), "--lr", "0.05"]))
+    printed = capsys.readouterr().out
+    assert f"resumed from epoch {epoch} " in printed and "lr: 0.1 -> 0.05" in printed
+    lines = [json.loads(x) for x in (again / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == list(range(1, 7))
+    assert summary["epochs_trained"] == 6
+
+
+def test_a_checkpoint_without_history_is_refused_before_loading(graph, tmp_path):
+    from train.common.resume import ResumeError
+
+    out = tmp_path / "out"
+    common = ["--data", str(graph), "--dim", "16", "--batch-size", "256", "--negatives", "32",
+              "--eval-every", "2", "--max-eval", "100", "--no-progress"]
+    kge_train.run(parse_args(common + ["--out", str(out), "--epochs", "4"]))
+    best = sorted((out / "best").glob("step-*"))[-1]
+    manifest = json.loads((best / "manifest.json").read_text())
+    del manifest["meta"]["history"]  # as jaxps wrote out/best before 2026-12-02
+    (best / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ResumeError, match="no training history.*checkpoints/ folder"):
+        kge_train.run(parse_args(common + ["--out", str(tmp_path / "b"), "--epochs", "6",
+                                           "--resume", str(best)]))
