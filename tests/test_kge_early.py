@@ -122,7 +122,7 @@ def test_a_checkpoint_without_history_is_refused_before_loading(graph, tmp_path)
     kge_train.run(parse_args(common + ["--out", str(out), "--epochs", "4"]))
     best = sorted((out / "best").glob("step-*"))[-1]
     manifest = json.loads((best / "manifest.json").read_text())
-    del manifest["meta"]["history"]  # as jaxps wrote out/best before 2026-12-02
+    del manifest["meta"]["history"]  # as earlier versions wrote out/best
     (best / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ResumeError, match="no training history.*checkpoints/ folder"):
         kge_train.run(parse_args(common + ["--out", str(tmp_path / "b"), "--epochs", "6",
