@@ -12,6 +12,7 @@ import pytest
 from train.kge import early, synthetic
 from train.kge import train as kge_train
 from train.kge.config import parse_args
+from train.kge.resume import ResumeError
 
 
 def test_tracker_counts_validations_without_enough_gain():
@@ -127,3 +128,22 @@ def test_a_checkpoint_without_history_is_refused_before_loading(graph, tmp_path)
     with pytest.raises(ResumeError, match="no training history.*checkpoints/ folder"):
         kge_train.run(parse_args(common + ["--out", str(tmp_path / "b"), "--epochs", "6",
                                            "--resume", str(best)]))
+
+
+def test_a_fresh_run_refuses_an_out_holding_an_earlier_best_model(graph, tmp_path):
+    """A second run into the same --out (no checkpoints/, so no --resume) would share best/
+    with the first: keep=1 there deleted the new run's lower-epoch best, and the run failed
+    after training (CheckpointError) with no results written. It is refused before training,
+    with or without --resume auto, and the earlier run's files are left as they were."""
+    out = tmp_path / "out"
+    args = ["--data", str(graph), "--out", str(out), "--dim", "16", "--epochs", "2",
+            "--batch-size", "256", "--negatives", "32", "--max-eval", "100", "--no-progress"]
+    kge_train.run(parse_args(args + ["--eval-every", "1"]))
+    [earlier] = (out / "best").glob("step-*")
+    metrics = (out / "metrics.jsonl").read_text()
+    for extra in ([], ["--resume", "auto"]):
+        with pytest.raises(ResumeError, match=rf"holds the best model of an earlier run "
+                           rf"\({earlier}\).*delete .*best to start afresh"):
+            kge_train.run(parse_args(args + ["--eval-every", "2", *extra]))
+    assert (out / "metrics.jsonl").read_text() == metrics
+    assert list((out / "best").glob("step-*")) == [earlier]

@@ -42,7 +42,7 @@ from train.kge.config import KgeConfig, dropout_rates
 from train.kge.data import KgeDataset, load_dataset, user_cache_dir
 from train.kge import init_embeddings, report
 from train.kge.evaluate import Scorers, build_filter, evaluate, filter_sets, reciprocal_scorers
-from train.kge.progress import EpochProgress
+from train.common.progress import EpochProgress
 from train.kge.relation_types import relation_types, type_counts
 from train.kge.resume import (check_compatible, checkpoint_root, dataset_fingerprint, describe,
                               find_checkpoint)
