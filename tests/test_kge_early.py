@@ -12,6 +12,7 @@ import pytest
 from train.kge import early, synthetic
 from train.kge import train as kge_train
 from train.kge.config import parse_args
+from train.kge.resume import ResumeError
 
 
 def test_tracker_counts_validations_without_enough_gain():
@@ -92,3 +93,57 @@ def test_replay_finds_the_best_checkpoint_again(tmp_path):
     t.replay(history)
     assert (t.best_epoch, t.best_mrr, t.bad) == (4, 0.4, 1)
     assert t.best_path == tmp_path / "best" / "step-000000000004"
+
+
+def test_a_run_continues_from_the_best_model(graph, tmp_path, capsys):
+    """out/best holds what a checkpoint of checkpoints/ holds: --resume out/best/step-N
+    continues from the best epoch (e.g. with a lower lr), with the history up to it."""
+    out = tmp_path / "out"
+    common = ["--data", str(graph), "--dim", "16", "--batch-size", "256", "--negatives", "32",
+              "--eval-every", "2", "--max-eval", "100", "--no-progress"]
+    kge_train.run(parse_args(common + ["--out", str(out), "--epochs", "4"]))
+    best = sorted((out / "best").glob("step-*"))[-1]
+    epoch = int(best.name.split("-")[1])
+    again = tmp_path / "again"
+    summary = kge_train.run(parse_args(common + ["--out", str(again), "--epochs", "6",
+                                                 "--resume", str(best), "--lr", "0.05"]))
+    printed = capsys.readouterr().out
+    assert f"resumed from epoch {epoch} " in printed and "lr: 0.1 -> 0.05" in printed
+    lines = [json.loads(x) for x in (again / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == list(range(1, 7))
+    assert summary["epochs_trained"] == 6
+
+
+def test_a_checkpoint_without_history_is_refused_before_loading(graph, tmp_path):
+    from train.common.resume import ResumeError
+
+    out = tmp_path / "out"
+    common = ["--data", str(graph), "--dim", "16", "--batch-size", "256", "--negatives", "32",
+              "--eval-every", "2", "--max-eval", "100", "--no-progress"]
+    kge_train.run(parse_args(common + ["--out", str(out), "--epochs", "4"]))
+    best = sorted((out / "best").glob("step-*"))[-1]
+    manifest = json.loads((best / "manifest.json").read_text())
+    del manifest["meta"]["history"]  # as earlier versions wrote out/best
+    (best / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ResumeError, match="no training history.*checkpoints/ folder"):
+        kge_train.run(parse_args(common + ["--out", str(tmp_path / "b"), "--epochs", "6",
+                                           "--resume", str(best)]))
+
+
+def test_a_fresh_run_refuses_an_out_holding_an_earlier_best_model(graph, tmp_path):
+    """A second run into the same --out (no checkpoints/, so no --resume) would share best/
+    with the first: keep=1 there deleted the new run's lower-epoch best, and the run failed
+    after training (CheckpointError) with no results written. It is refused before training,
+    with or without --resume auto, and the earlier run's files are left as they were."""
+    out = tmp_path / "out"
+    args = ["--data", str(graph), "--out", str(out), "--dim", "16", "--epochs", "2",
+            "--batch-size", "256", "--negatives", "32", "--max-eval", "100", "--no-progress"]
+    kge_train.run(parse_args(args + ["--eval-every", "1"]))
+    [earlier] = (out / "best").glob("step-*")
+    metrics = (out / "metrics.jsonl").read_text()
+    for extra in ([], ["--resume", "auto"]):
+        with pytest.raises(ResumeError, match=rf"holds the best model of an earlier run "
+                           rf"\({earlier}\).*delete .*best to start afresh"):
+            kge_train.run(parse_args(args + ["--eval-every", "2", *extra]))
+    assert (out / "metrics.jsonl").read_text() == metrics
+    assert list((out / "best").glob("step-*")) == [earlier]

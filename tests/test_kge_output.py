@@ -1,5 +1,5 @@
 """Console output and plots of train.kge: progress lines off a terminal, the epoch line, the
-results table, and plot titles / ticks / legends."""
+results table, and plot titles / ticks / legends (also of a run still training)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import matplotlib.figure
 import pytest
 
 from train.kge import plot, report
-from train.kge.progress import EpochProgress
+from train.common.progress import EpochProgress
 
 
 class _Tty(io.StringIO):
@@ -116,3 +116,32 @@ def test_plots_are_titled_with_integer_ticks_and_legends(tmp_path, monkeypatch):
     mrr_legend = [t.get_text() for t in figures[2][1].axes[0].get_legend().get_texts()]
     assert mrr_legend == ["valid filtered MRR (--eval-every)", "final valid filtered MRR",
                           "final test filtered MRR"]
+
+
+def test_plots_of_a_run_still_training(tmp_path, monkeypatch):
+    """The titles fall back to the folder's name before summary.json exists (documented), but
+    the final-metrics marker read summary["epochs"]: KeyError: 'epochs' on any run still
+    training or interrupted, and on one whose metrics.jsonl is still empty."""
+    out = tmp_path / "running"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("".join(json.dumps(_record(e, 1.0)) + "\n"
+                                               for e in (1, 2)))
+    figures = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda self, path, **kw: figures.append((path.name, self)))
+    plot.plot(out)
+    assert [name for name, _ in figures] == ["loss.png", "local_fraction.png", "mrr.png"]
+    assert "running" in figures[0][1].axes[0].get_title()
+    assert list(figures[0][1].axes[0].get_lines()[0].get_xdata()) == [1, 2]
+    (out / "metrics.jsonl").write_text("")
+    plot.plot(out)
+    assert len(figures) == 6
+
+
+def test_plot_of_a_folder_without_metrics_is_a_message(tmp_path, capsys):
+    from train import plot as any_plot
+    with pytest.raises(SystemExit) as e:
+        any_plot.main([str(tmp_path)])
+    assert e.value.code == 1
+    assert "metrics.jsonl not found; pass the --out folder of a `python -m train.kge` or " \
+           "`python -m train.mf` run" in capsys.readouterr().err

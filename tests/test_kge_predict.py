@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -143,3 +144,21 @@ def test_init_embeddings_errors_say_what_to_fix(finished, graph, tmp_path):
     (partial / "entity_ids.txt").write_text("".join(f"x{n}\n" for n in ids))
     with pytest.raises(DataError, match=r"120 of this dataset's 120 names are not in"):
         run(parse_args(["--data", str(graph), "--init-embeddings", str(partial), flag, *FAST]))
+
+
+def test_a_folder_that_is_not_a_kge_run_is_a_clear_error(tmp_path, capsys):
+    """--run of a train.mf run (its summary.json has a config without a model) failed with a
+    raw KeyError: 'model'; a summary.json that is not JSON with a JSONDecodeError."""
+    mf = tmp_path / "mf"
+    mf.mkdir()
+    (mf / "summary.json").write_text(json.dumps({"valid": None, "test": {"rmse": 0.98},
+                                                 "config": {"dim": 8, "optimizer": "adagrad",
+                                                            "schedule": "shuffled"}}))
+    with pytest.raises(SystemExit) as e:
+        predict.main(["--run", str(mf), "--head", "1", "--relation", "0"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert f"--run {mf}: summary.json has no train.kge config" in err and "train.mf" in err
+    (mf / "summary.json").write_text('{"config": {"model": "complex"')  # cut short
+    with pytest.raises(DataError, match=r"summary.json is not JSON"):
+        predict.load_run(mf)

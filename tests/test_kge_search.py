@@ -8,6 +8,7 @@ import json
 import pytest
 import yaml
 
+import jaxps
 from train.kge import synthetic
 from train.kge.config import parse_args
 from train.kge.search import draw, main
@@ -63,3 +64,68 @@ def test_bad_space_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--space", "nope=1,2", "--out", "x"])
     assert e.value.code == 2 and "--space 'nope=1,2'" in capsys.readouterr().err
+
+
+FAST_TRIAL = ["--dim", "8", "--batch-size", "256", "--negatives", "32", "--epochs", "1",
+              "--max-eval", "50", "--no-progress"]
+
+
+@pytest.fixture
+def small_graph(tmp_path):
+    return synthetic.write_dataset(tmp_path / "g", synthetic.generate(200, 5, 3000, seed=4))
+
+
+def test_search_without_a_valid_split_ranks_nothing_and_writes_no_best_yaml(small_graph,
+                                                                           tmp_path, capsys):
+    """Without valid.txt no trial has a valid MRR: formatting best.yaml's header failed with
+    a TypeError after every trial had trained, and the table said 'None' for best epoch."""
+    (small_graph / "valid.txt").unlink()
+    out = tmp_path / "s"
+    main(["--grid", "--space", "lr=0.1,0.2", "--out", str(out), "--", "--data",
+          str(small_graph), *FAST_TRIAL])
+    rows = json.loads((out / "search.json").read_text())["trials"]
+    assert [r["valid_mrr"] for r in rows] == [None, None] and all(r["test_mrr"] for r in rows)
+    assert not (out / "best.yaml").exists()
+    assert "None" not in (out / "search.md").read_text()
+    assert "no trial has a valid MRR" in capsys.readouterr().out
+
+
+def test_search_refuses_the_out_of_an_earlier_search(small_graph, tmp_path):
+    """A second search into the same --out replaced search.md/search.json with its own
+    trials (or, where the trial folders held checkpoints or a best model, with one failure
+    per trial) and left the first search's best.yaml beside them."""
+    out = tmp_path / "s"
+    args = ["--grid", "--space", "lr=0.1", "--out", str(out), "--", "--data", str(small_graph),
+            *FAST_TRIAL]
+    main(args)
+    table = (out / "search.md").read_text()
+    with pytest.raises(ValueError, match=r"--out .* holds an earlier search \(trial-000, "
+                                         r"search.json, search.md, best.yaml\); pass another"):
+        main(args)
+    assert (out / "search.md").read_text() == table
+
+
+def test_an_interrupted_search_keeps_the_table_of_its_finished_trials(small_graph, tmp_path,
+                                                                      monkeypatch):
+    """SIGINT in trial 2 (train.kge's JobExit, status 3): the table was only written after
+    the last trial, so the finished trials were in no table at all."""
+    from train.kge import train as kge_train
+    real, calls = kge_train.run, []
+
+    def run(config, comm=None):
+        calls.append(config.out)
+        if len(calls) == 2:
+            raise jaxps.JobExit(3, "interrupted (SIGINT) after epoch 0: checkpoint written")
+        return real(config, comm)
+
+    monkeypatch.setattr(kge_train, "run", run)
+    out = tmp_path / "s"
+    with pytest.raises(jaxps.JobExit) as e:
+        main(["--grid", "--space", "lr=0.1,0.2", "--out", str(out), "--", "--data",
+              str(small_graph), *FAST_TRIAL])
+    assert e.value.code == 3 and e.value.message.startswith(
+        "search stopped in trial 2 of 2: interrupted (SIGINT)")
+    assert "the 1 finished trials are ranked in" in e.value.message
+    table = (out / "search.md").read_text()
+    assert "1 of 2 trials" in table and "| trial-000 | 0.1 |" in table
+    assert yaml.safe_load((out / "best.yaml").read_text())["lr"] == 0.1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -84,3 +85,13 @@ def test_option_errors():
         MfConfig(split="0.5,0.5")
     with pytest.raises(ValueError, match="LOW must be < HIGH"):
         MfConfig(rating_range="5,1")
+
+
+def test_progress_off_a_terminal_is_plain_lines(tmp_path, capsys):
+    """As train.kge: redirected to a file, the progress within an epoch is a line per 10% of
+    its batches, not tqdm's carriage-return updates (which MF drew wherever stderr went)."""
+    main([*[a for a in TINY if a != "--no-progress"], "--epochs", "1"])
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("epoch 1: ")]
+    assert "\r" not in err and "|" not in err and 8 <= len(lines) <= 9
+    assert all(re.match(r"epoch 1: \d+% \(\d+/\d+ batches\) .* ETA", x) for x in lines)

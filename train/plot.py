@@ -27,7 +27,11 @@ def plot(folder: str | Path) -> list[Path]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m train.plot", description=__doc__)
     p.add_argument("folder", help="the --out folder of a train.kge or train.mf run")
-    for path in plot(p.parse_args(argv).folder):
+    try:
+        written = plot(p.parse_args(argv).folder)
+    except FileNotFoundError as e:  # not a run folder: a message, not a traceback
+        p.exit(1, f"python -m train.plot: error: {e}\n")
+    for path in written:
         print(path)
 
 

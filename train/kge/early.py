@@ -92,12 +92,13 @@ class BestTracker:
 
 
 def final_metrics(tracker: BestTracker, ps, evaluate_split, valid, test, history: list,
-                  meta: dict, comm) -> tuple[dict, str | None]:
+                  meta, comm) -> tuple[dict, str | None]:
     """Collective: the final valid and test metrics, of the best epoch's model.
 
     ``evaluate_split``: ``triples -> metrics``; ``valid``/``test``: triples or None. The last
     epoch's valid MRR counts for the best unless its validation ran in the loop already (a new
-    best is then saved too, with ``meta``, so that out/best always holds the best model).
+    best is then saved too, with ``meta(epoch, history)``, the history then ending in the
+    last epoch with its valid metrics, so that out/best always holds the best model).
     Returns ({"valid": ..., "test": ...}, the console note of ``restore_best``).
     """
     last = history[-1]["epoch"] if history else 0
@@ -107,7 +108,8 @@ def final_metrics(tracker: BestTracker, ps, evaluate_split, valid, test, history
         final["valid"] = evaluate_split(valid)
         if not (history and history[-1].get("valid")):
             if tracker.observe(last, final["valid"]["mrr"]) and tracker.best_path is not None:
-                tracker.save(ps, last, meta | {"epoch": last}, comm)
+                tracker.save(ps, last, meta(last, history[:-1] + [
+                    history[-1] | {"valid": final["valid"]}]), comm)
         note = tracker.restore_best(ps, comm)
         if tracker.restored:
             final["valid"] = evaluate_split(valid)

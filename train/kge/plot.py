@@ -28,7 +28,7 @@ def read_metrics(folder: Path) -> list[dict]:
     path = folder / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; pass the --out folder of a "
-                                "`python -m train.kge --out DIR` run")
+                                "`python -m train.kge` or `python -m train.mf` run")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -68,7 +68,8 @@ def _line_plot(path: Path, xs, ys, *, ylabel: str, title: str, label: str, extra
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.set(xlabel="epoch", ylabel=ylabel)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # nothing to draw yet (no validation): no legend
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
@@ -98,9 +99,10 @@ def plot_run(folder: str | Path, *, metric: str, ylabel: str, title: str,
     evaluated = [m for m in metrics if m.get("valid")]
     extra = []
     # The final metrics are those of the tested model: the best epoch when it was restored
-    # (early stopping's keep), else the last epoch trained.
+    # (early stopping's keep), else the last epoch trained. A run still training (or
+    # interrupted) has no summary.json yet and no final metrics: only its epochs are drawn.
     at = (summary["best_epoch"] if summary.get("best_restored") and summary.get("best_epoch")
-          else summary.get("epochs_trained") or summary["epochs"])
+          else summary.get("epochs_trained") or summary.get("epochs"))
     for split in ("valid", "test"):
         if summary.get(split):
             extra.append((f"final {split} {ylabel}", at, summary[split][metric]))

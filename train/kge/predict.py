@@ -45,16 +45,27 @@ def load_run(folder: str | Path) -> Run:
     """The exports of a train.kge ``--out`` folder, checked against its config.
 
     Raises:
-      DataError: a missing file (a run that has not finished), or shapes that disagree with
-        the config or the id files.
+      DataError: a missing file (a run that has not finished), a summary.json that is not a
+        train.kge run's (a train.mf run), or shapes that disagree with the config or the id
+        files.
     """
     folder = Path(folder)
     summary_path = folder / "summary.json"
     if not summary_path.is_file():
         raise DataError(f"--run {folder}: no summary.json; pass the --out folder of a finished "
                         "python -m train.kge run")
-    summary = json.loads(summary_path.read_text())
-    config = summary["config"]
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"--run {folder}: summary.json is not JSON ({e}); pass the --out "
+                        "folder of a finished python -m train.kge run") from e
+    config = summary.get("config") if isinstance(summary, dict) else None
+    # A train.mf run's summary.json has a config too, without a KGE model.
+    if not isinstance(config, dict) or not isinstance(config.get("model"), str) or \
+            config["model"] not in models.MODELS:
+        raise DataError(f"--run {folder}: summary.json has no train.kge config (a model and "
+                        "dim; a train.mf run?); pass the --out folder of a finished python -m "
+                        "train.kge run")
     model = models.get_model(config["model"])
     names = {t: _read_ids(folder / f"{t}_ids.txt") for t in ("entity", "relation")}
     widths = {"entity": model.entity_width(config["dim"]),

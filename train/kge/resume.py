@@ -12,10 +12,12 @@ import dataclasses
 import hashlib
 from pathlib import Path
 
+import jaxps
 from train.common import resume as common
 from train.common.resume import ResumeError  # noqa: F401 - raised by the functions below
 from train.kge.config import KgeConfig
 from train.kge.data import KgeDataset
+from train.kge.early import best_root
 
 MUST_MATCH = ("model", "dim", "optimizer", "reciprocal", "loss", "reg_type")
 # Settings of how a run is driven, not of what it trains: never reported.
@@ -40,8 +42,19 @@ def checkpoint_root(config: KgeConfig) -> Path:
 
 
 def find_checkpoint(config: KgeConfig) -> Path | None:
-    """The checkpoint ``--resume`` names (see ``train.common.resume.find_checkpoint``)."""
-    return common.find_checkpoint(checkpoint_root(config), config.resume, config.out)
+    """The checkpoint ``--resume`` names (see ``train.common.resume.find_checkpoint``).
+
+    Raises ResumeError too when the run would start afresh in an --out whose ``best/`` holds
+    an earlier run's best model: the new run's best would share that folder (keep=1 there
+    deletes the lower epoch, possibly the new run's own best, and the run then fails after
+    training when it restores it).
+    """
+    path = common.find_checkpoint(checkpoint_root(config), config.resume, config.out)
+    if path is None and config.out and (earlier := jaxps.list_checkpoints(best_root(config.out))):
+        raise ResumeError(f"--out {config.out} holds the best model of an earlier run "
+                          f"({earlier[-1]}) and no checkpoint to continue that run from; pass "
+                          f"another --out, or delete {best_root(config.out)} to start afresh")
+    return path
 
 
 def check_compatible(manifest: dict, config: KgeConfig, fingerprint: dict, path: Path) -> list[str]:

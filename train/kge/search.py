@@ -10,7 +10,8 @@ replacing a key. Each trial is a normal ``python -m train.kge`` run, in-process,
 its own folder with metrics.jsonl, summary.json, best model and embeddings. The trials are
 ranked by their final valid MRR (that of their best epoch, train/kge/early.py); the table goes
 to the console, OUT/search.md and OUT/search.json, and the best trial's whole config to
-OUT/best.yaml (usable as --config). Trials are sampled with --seed, so a search repeats.
+OUT/best.yaml (usable as --config), all rewritten after every trial. Trials are sampled
+with --seed, so a search repeats; an --out that holds an earlier search is refused.
 """
 
 from __future__ import annotations
@@ -115,6 +116,10 @@ def _flags(trial: dict) -> list[str]:
     return argv
 
 
+def _or_dash(x) -> str:
+    return "-" if x is None else str(x)  # a run without a valid split has no best epoch
+
+
 def table(rows: list[dict], keys: list[str]) -> str:
     """The markdown table of the trials, best valid MRR first."""
     head = ["rank", "trial", *keys, "valid MRR", "test MRR", "best epoch", "epochs", "s"]
@@ -123,11 +128,49 @@ def table(rows: list[dict], keys: list[str]) -> str:
         f = lambda x: "-" if x is None else f"{x:.4f}"
         lines.append("| " + " | ".join([str(i), r["trial"], *(str(r["params"][k]) for k in keys),
                                         f(r["valid_mrr"]), f(r["test_mrr"]),
-                                        str(r.get("best_epoch", "-")),
-                                        str(r.get("epochs_trained", "-")),
+                                        _or_dash(r.get("best_epoch")),
+                                        _or_dash(r.get("epochs_trained")),
                                         f"{r['seconds']:.0f}"]) + " |"
                      + (f" failed: {r['error']}" if r.get("error") else ""))
     return "\n".join(lines)
+
+
+def check_out(out: Path) -> None:
+    """Refuse an --out that holds an earlier search: its trial folders would be trained over
+    (or refused one by one by train.kge, when they hold checkpoints or a best model) and its
+    tables replaced by a mix of both searches, with the earlier best.yaml left beside them."""
+    earlier = sorted(p.name for p in out.glob("trial-*")) + [
+        n for n in ("search.json", "search.md", "best.yaml") if (out / n).exists()]
+    if earlier:
+        raise ValueError(f"--out {out} holds an earlier search ({', '.join(earlier[:4])}"
+                         f"{', ...' if len(earlier) > 4 else ''}); pass another --out, or "
+                         "delete that folder to search afresh")
+
+
+def ranked(rows: list[dict]) -> list[dict]:
+    """The trials by valid MRR, best first; those without one (failed, no valid split) last."""
+    return sorted(rows, key=lambda r: -math.inf if r["valid_mrr"] is None else -r["valid_mrr"])
+
+
+def write_results(out: Path, args, space: dict, rows: list[dict], keys: list[str],
+                  total: int) -> None:
+    """OUT/search.md, search.json and best.yaml of the trials so far (rank 0); rewritten
+    after every trial, so a search that stops early keeps the table of its finished trials."""
+    rows = ranked(rows)
+    text = table(rows, keys)
+    out.mkdir(parents=True, exist_ok=True)  # no trial may have made it (all failed early)
+    done = f"{len(rows)} trials" if len(rows) == total else f"{len(rows)} of {total} trials"
+    outputs.write_text(out / "search.md", f"# train.kge.search: {done} ({args.mode}), ranked "
+                       f"by valid MRR\n\n{text}\n")
+    outputs.write_json(out / "search.json", {"mode": args.mode, "seed": args.seed,
+                                             "space": space, "trials_planned": total,
+                                             "trials": rows})
+    if rows[0].get("config") and rows[0]["valid_mrr"] is not None:
+        best = {k: v for k, v in rows[0]["config"].items()
+                if k not in ("out", "resume", "config", "preset", "progress")}
+        outputs.write_text(out / "best.yaml", f"# best of {len(rows)} trials of "
+                           f"train.kge.search in {out} ({rows[0]['trial']}, valid MRR "
+                           f"{rows[0]['valid_mrr']:.4f})\n" + yaml.safe_dump(best))
 
 
 def main(argv=None) -> None:
@@ -159,6 +202,7 @@ def main(argv=None) -> None:
                for i, t in enumerate(trials)]
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
+    jaxps.run_on_root(lambda: check_out(out), comm=comm)
     say = print if comm.Get_rank() == 0 else (lambda *a, **k: None)
     keys = sorted(space)
     rows = []
@@ -175,6 +219,11 @@ def main(argv=None) -> None:
                 raise  # a trial failing on one rank only cannot be skipped together
             row["error"] = str(e).splitlines()[0][:200]
             say(f"trial {i + 1} failed: {e}", flush=True)
+        except jaxps.JobExit as e:  # interrupted (SIGINT/SIGTERM): the table so far is kept
+            raise jaxps.JobExit(e.code, f"search stopped in trial {i + 1} of {len(trials)}: "
+                                f"{e.message}" + (f"; the {len(rows)} finished trials are "
+                                                  f"ranked in {out / 'search.md'}"
+                                                  if rows else "")) from e
         else:
             row.update(valid_mrr=(summary["valid"] or {}).get("mrr"),
                        test_mrr=(summary["test"] or {}).get("mrr"),
@@ -184,20 +233,12 @@ def main(argv=None) -> None:
                        config=dataclasses.asdict(config))
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
-    rows.sort(key=lambda r: -math.inf if r["valid_mrr"] is None else -r["valid_mrr"])
-    text = table(rows, keys)
-    say(text, flush=True)
-    if comm.Get_rank() == 0:
-        outputs.write_text(out / "search.md", f"# train.kge.search: {len(rows)} trials "
-                           f"({args.mode}), ranked by valid MRR\n\n{text}\n")
-        outputs.write_json(out / "search.json", {"mode": args.mode, "seed": args.seed,
-                                                 "space": space, "trials": rows})
-        if rows and rows[0].get("config"):
-            best = {k: v for k, v in rows[0]["config"].items()
-                    if k not in ("out", "resume", "config", "preset", "progress")}
-            outputs.write_text(out / "best.yaml", f"# best of {len(rows)} trials of "
-                               f"train.kge.search in {out} ({rows[0]['trial']}, valid MRR "
-                               f"{rows[0]['valid_mrr']:.4f})\n" + yaml.safe_dump(best))
+        if comm.Get_rank() == 0:
+            write_results(out, args, space, rows, keys, len(trials))
+    say(table(ranked(rows), keys), flush=True)
+    if all(r["valid_mrr"] is None for r in rows):
+        say("no trial has a valid MRR (no valid split, or every trial failed): no best.yaml "
+            "written", flush=True)
 
 
 if __name__ == "__main__":

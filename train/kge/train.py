@@ -42,7 +42,7 @@ from train.kge.config import KgeConfig, dropout_rates
 from train.kge.data import KgeDataset, load_dataset, user_cache_dir
 from train.kge import init_embeddings, report
 from train.kge.evaluate import Scorers, build_filter, evaluate, filter_sets, reciprocal_scorers
-from train.kge.progress import EpochProgress
+from train.common.progress import EpochProgress
 from train.kge.relation_types import relation_types, type_counts
 from train.kge.resume import (check_compatible, checkpoint_root, dataset_fingerprint, describe,
                               find_checkpoint)
@@ -425,8 +425,14 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
     scorers = scorers_for(model, config)
     schedule = LrSchedule(config, num_batches(len(train), config, 0, size))
     best = early.BestTracker(config.patience, config.min_delta, out)
-    best_meta = {"entrypoint": "train.kge", "config": dataclasses.asdict(config),
-                 "fingerprint": fingerprint}
+
+    def best_meta(epoch: int, upto: list[dict]) -> dict:
+        # What a checkpoint of checkpoints/ holds (history, position, seconds), so that a run
+        # can also continue from the best model: --resume out/best/step-N.
+        return {"entrypoint": "train.kge", "config": dataclasses.asdict(config),
+                "fingerprint": fingerprint, "epoch": epoch, "position": 0, "history": upto,
+                "seconds": elapsed()}
+
     stopped_why = f"--epochs {config.epochs} trained"
     history: list[dict] = []
     train_stats: dict = {}
@@ -496,7 +502,7 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
                                                             filter_index, config, comm))
                     schedule.observe(record["valid"]["mrr"])
                     if best.observe(epoch, record["valid"]["mrr"]):
-                        best.save(ps, epoch, best_meta | {"epoch": epoch}, comm)
+                        best.save(ps, epoch, best_meta(epoch, history + [record]), comm)
                 history.append(record)
                 say(report.epoch_line(record, config.epochs, history, config.lr, first), flush=True)
                 if out is not None and rank == 0:

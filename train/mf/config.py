@@ -111,7 +111,8 @@ class MfConfig:
     synthetic_cols: int = _opt(5000, "items of the default synthetic matrix", low=1)
     synthetic_cells: int = _opt(400000, "ratings of the default synthetic matrix (all splits)",
                                 low=1)
-    progress: bool = _opt(True, "show a progress bar on rank 0")
+    progress: bool = _opt(True, "progress within each epoch on rank 0: a bar on a terminal, "
+                          "else a plain line every 10%% of the epoch")
 
     def __post_init__(self):
         object.__setattr__(self, "resume", resume_value(self.resume))

@@ -33,6 +33,7 @@ from train.common.interrupt import StopRequest
 from train.common.launch import ps_options
 from train.common.resume import restore
 from train.common.stats import global_stats
+from train.common.progress import EpochProgress
 from train.mf import export, resume, schedules
 from train.mf.config import MfConfig, parse_fractions, parse_range
 from train.mf.data import RatingsDataset, load_files, load_single
@@ -255,12 +256,10 @@ def run(config: MfConfig, comm: MPI.Comm | None = None) -> dict:
                 common = -(-len(range(size - 1, len(train) - position, size))
                            // config.batch_size)
                 bar = None
-                if rank == 0 and config.progress:
-                    from tqdm import tqdm
-                    bar = tqdm(total=schedules.num_batches(sub_epochs[first_sub:],
-                                                           config.batch_size),
-                               desc=f"epoch {epoch}", unit="batch", leave=False,
-                               mininterval=0.5)
+                if rank == 0 and config.progress:  # as train.kge: a bar only on a terminal
+                    bar = EpochProgress(schedules.num_batches(sub_epochs[first_sub:],
+                                                              config.batch_size),
+                                        f"epoch {epoch}")
                 try:
                     m = train_epoch(trainer, sub_epochs, dataset, config, bar, stop=stop,
                                     first_sub=first_sub, common=common)
