@@ -219,7 +219,8 @@ def resolve(name_or_path: str | os.PathLike, *, download: bool = False,
              if Path(text).is_dir() else "")
     raise DataError(f"dataset {info.name} is not downloaded (looked in "
                     f"{', '.join(str(r / info.folder) for r in search_path())}); add --download "
-                    f"to fetch it into {data_home()}, or run python -m train.kge.datasets fetch "
+                    f"to train.kge's options to fetch it into {data_home()}, or run python -m "
+                    f"train.kge.datasets fetch "
                     f"{info.folder}{local}")
 
 
