@@ -49,10 +49,10 @@ def __getattr__(name):
 
 
 __all__ = ["Adaptive", "Batch", "CheckpointError", "Classic", "DenseMetrics", "DenseTrainer",
-           "EpochMetrics", "Handle",
-           "InputError", "JobExit", "Lockstep", "Nups", "ParameterServer", "PolicyView", "ProtocolError",
-           "ROW_OPTIMIZERS", "Relocation", "Replication", "RowOptimizer", "SparseTrainer", "TECHNIQUES",
-           "TableSpec", "Technique", "bucket_size", "index_batch", "initial_rows", "initial_table",
+           "EpochMetrics", "Handle", "InputError", "JobExit", "Lockstep", "Nups",
+           "ParameterServer", "PolicyView", "ProtocolError", "ROW_OPTIMIZERS", "Relocation",
+           "Replication", "RowOptimizer", "SparseTrainer", "TECHNIQUES", "TableSpec",
+           "Technique", "bucket_size", "index_batch", "initial_rows", "initial_table",
            "install_abort_hooks", "list_checkpoints", "load_checkpoint", "loss_and_row_deltas",
            "read_manifest", "row_adagrad", "row_adam", "row_optimizer", "run_main",
            "run_on_root", "save_checkpoint", "stats_delta"]

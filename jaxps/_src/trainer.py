@@ -318,16 +318,10 @@ class SparseTrainer:
                     padded[len(keys[t]):] = 0.0
                     rows[t], counts[t] = padded, np.int32(len(keys[t]))
                 exchange.pull(names, keys, rows, done=False)
-                scale = lr_scale(nbatches) if callable(lr_scale) else lr_scale
-                with devices.on(self.device):
-                    loss, deltas, finite = self._step(rows, counts, b.data, np.float32(scale))
-                if self._check_finite and not bool(finite):
-                    # The other ranks wait in the push: the error ends the job (run_main or
-                    # the PS's abort_on_error), as any error during a collective must.
-                    raise InputError(
-                        f"the step produced NaN or Inf (loss {float(loss)}) at clock "
-                        f"{ps.clock}; nothing of this batch was pushed. Lower the learning "
-                        f"rate or check the loss for log(0) / division by zero")
+                # A NaN raises here while the other ranks wait in the push: the error ends
+                # the job (run_main or the PS's abort_on_error), as any error must there.
+                loss, deltas = self._compute(rows, counts, b.data, lr_scale(nbatches)
+                                             if callable(lr_scale) else lr_scale)
                 exchange.push({t: np.asarray(deltas[t]) for t in names})
                 ps.advance_clock()
                 loss = float(loss)
@@ -344,6 +338,17 @@ class SparseTrainer:
                             self._compiles, self._compiles - compiles0,
                             stats_delta(before, ps.stats()))
 
+    def _compute(self, rows: dict, counts: dict, data, lr_scale: float):
+        """The jitted step on pulled rows: (device loss, deltas); InputError on NaN/Inf."""
+        with devices.on(self.device):
+            loss, deltas, finite = self._step(rows, counts, data, np.float32(lr_scale))
+        if self._check_finite and not bool(finite):
+            raise InputError(
+                f"the step produced NaN or Inf (loss {float(loss)}) at clock {self.ps.clock}; "
+                f"nothing of this batch was pushed. Lower the learning rate or check the "
+                f"loss for log(0) / division by zero")
+        return loss, deltas
+
     def _run(self, b: _Prepared, lr_scale: float = 1.0):
         """Pull, step, push, tick for one batch; returns the (device) loss."""
         ps = self.ps
@@ -357,13 +362,7 @@ class SparseTrainer:
             rows[t], counts[t] = padded, np.int32(len(k))
         for h in handles:
             ps.wait(h)
-        with devices.on(self.device):
-            loss, deltas, finite = self._step(rows, counts, b.data, np.float32(lr_scale))
-        if self._check_finite and not bool(finite):
-            raise InputError(
-                f"the step produced NaN or Inf (loss {float(loss)}) at clock {ps.clock}; "
-                f"nothing of this batch was pushed. Lower the learning rate or check the "
-                f"loss for log(0) / division by zero")
+        loss, deltas = self._compute(rows, counts, b.data, lr_scale)
         for t, k in b.keys.items():
             if len(k):
                 ps._push_checked(t, k, np.asarray(deltas[t])[:len(k)])

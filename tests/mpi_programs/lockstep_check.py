@@ -2,9 +2,9 @@
 
 Run by tests/test_bench.py as ``mpiexec -n N python tests/mpi_programs/lockstep_check.py
 WORKLOAD STEPS``: every rank runs STEPS lockstep steps on its batches; rank 0 gathers the
-partitions and replays the same steps in one process (each step: every rank's rows read
-from the same state, then every rank's deltas added) and prints the largest difference of
-any table entry, as JSON.
+partitions and replays the same steps in one process (bsp_replay.py: each step, every
+rank's rows read from the same state, then every rank's deltas added) and prints the
+largest difference of any table entry, as JSON.
 """
 
 import itertools
@@ -19,6 +19,7 @@ import jaxps
 from train.bench import workloads as bench_workloads
 from train.bench.lockstep import Partition, exchange_step
 from train.bench.workloads import BenchOptions
+from bsp_replay import replay  # beside this script (sys.path[0])
 
 
 def main() -> None:
@@ -37,21 +38,8 @@ def main() -> None:
     gathered = {t: comm.gather(p.values, root=0) for t, p in parts.items()}
     if rank != 0:
         return
-    state = {t: jaxps.initial_table(s, t) for t, s in problem.tables.items()}
-    sources = [problem.batches(r, size) for r in range(size)]
-    for _ in range(steps):
-        batches = [next(src) for src in sources]
-        all_deltas = []
-        for b in batches:
-            rows = {}
-            for t, keys in b.keys.items():
-                buf = np.zeros((sizes[t], state[t].shape[1]), np.float32)
-                buf[:len(keys)] = state[t][keys]
-                rows[t] = buf
-            all_deltas.append(step(rows, b.data)[1])
-        for b, deltas in zip(batches, all_deltas):
-            for t, keys in b.keys.items():
-                state[t][keys] += np.asarray(deltas[t])[:len(keys)]
+    state = replay(problem, [itertools.islice(problem.batches(r, size), steps)
+                             for r in range(size)], sizes)
     worst, moved = 0.0, 0.0
     for t, parts_t in gathered.items():
         table = np.empty_like(state[t])

@@ -14,13 +14,13 @@ import itertools
 import json
 import sys
 
-import jax
 import numpy as np
 from mpi4py import MPI
 
 import jaxps
 from train.bench import workloads as bench_workloads
 from train.bench.workloads import BenchOptions
+from bsp_replay import replay  # beside this script (sys.path[0])
 
 
 def main() -> None:
@@ -43,24 +43,8 @@ def main() -> None:
                          root=0)
     if rank != 0:
         return
-    dims = {t: s.dim for t, s in problem.tables.items()}
-    step = jax.jit(lambda rows, data: jaxps.loss_and_row_deltas(
-        problem.loss_fn, problem.optimizers, dims, rows, data))
-    state = {t: jaxps.initial_table(s, t) for t, s in problem.tables.items()}
-    sources = [itertools.islice(problem.batches(r, size), steps + r) for r in range(size)]
-    for _ in range(steps + size - 1):
-        batches = [b for b in (next(src, None) for src in sources) if b is not None]
-        all_deltas = []
-        for b in batches:
-            rows = {}
-            for t, keys in b.keys.items():
-                buf = np.zeros((sizes[t], state[t].shape[1]), np.float32)
-                buf[:len(keys)] = state[t][keys]
-                rows[t] = buf
-            all_deltas.append(step(rows, b.data)[1])
-        for b, deltas in zip(batches, all_deltas):
-            for t, keys in b.keys.items():
-                state[t][keys] += np.asarray(deltas[t])[:len(keys)]
+    state = replay(problem, [itertools.islice(problem.batches(r, size), steps + r)
+                             for r in range(size)], sizes)
     worst = max(float(np.max(np.abs(got[t] - state[t]))) for t in state)
     moved = max(float(np.max(np.abs(got[t] - jaxps.initial_table(problem.tables[t], t))))
                 for t in state)
