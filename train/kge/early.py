@@ -107,7 +107,9 @@ def final_metrics(tracker: BestTracker, ps, evaluate_split, valid, test, history
     if valid is not None:
         final["valid"] = evaluate_split(valid)
         if not (history and history[-1].get("valid")):
-            if tracker.observe(last, final["valid"]["mrr"]) and tracker.best_path is not None:
+            # Saved also when no validation ran in the loop (--epochs 1, --eval-every 0):
+            # out/best then holds this model too, and a run can continue from it.
+            if tracker.observe(last, final["valid"]["mrr"]):
                 tracker.save(ps, last, meta(last, history[:-1] + [
                     history[-1] | {"valid": final["valid"]}]), comm)
         note = tracker.restore_best(ps, comm)
