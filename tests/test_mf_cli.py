@@ -95,3 +95,16 @@ def test_progress_off_a_terminal_is_plain_lines(tmp_path, capsys):
     lines = [x for x in err.splitlines() if x.startswith("epoch 1: ")]
     assert "\r" not in err and "|" not in err and 8 <= len(lines) <= 9
     assert all(re.match(r"epoch 1: \d+% \(\d+/\d+ batches\) .* ETA", x) for x in lines)
+
+
+def test_train_file_alone_says_nothing_was_evaluated(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    lines = {(int(u), int(i)) for u, i in rng.integers(0, 30, (400, 2))}
+    path = tmp_path / "train.txt"
+    path.write_text("".join(f"u{u}\ti{i}\t{1 + (u * i) % 5}\n" for u, i in sorted(lines)))
+    summary = main(["--train", str(path), "--dim", "4", "--epochs", "1", "--batch-size", "64",
+                    "--no-progress"])
+    printed = capsys.readouterr().out
+    assert "no valid/test split: nothing evaluated (pass --test FILE" in printed, printed
+    assert "rmse" not in printed.split("nothing evaluated")[1]
+    assert summary is None or (summary["valid"] is None and summary["test"] is None)

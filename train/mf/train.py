@@ -384,7 +384,12 @@ def _epoch_line(r: dict, config: MfConfig) -> str:
 
 
 def _results_table(summary: dict) -> str:
-    rows = [f"{'split':<6}{'rmse':>10}{'mae':>10}{'ratings':>10}"]
+    if summary["valid"] is None and summary["test"] is None:
+        # Said, not an empty table (train.kge says the same): --train without --test.
+        rows = ["no valid/test split: nothing evaluated (pass --test FILE, --valid FILE or "
+                "--valid-fraction F)"]
+    else:
+        rows = [f"{'split':<6}{'rmse':>10}{'mae':>10}{'ratings':>10}"]
     for split in ("valid", "test"):
         m = summary[split]
         if m is not None:
