@@ -147,13 +147,3 @@ def test_a_fresh_run_refuses_an_out_holding_an_earlier_best_model(graph, tmp_pat
             kge_train.run(parse_args(args + ["--eval-every", "2", *extra]))
     assert (out / "metrics.jsonl").read_text() == metrics
     assert list((out / "best").glob("step-*")) == [earlier]
-
-
-def test_best_holds_the_model_also_without_a_validation_in_the_loop(graph, tmp_path):
-    """--epochs 1 validates only at the end: that model is still kept in out/best."""
-    out = tmp_path / "out"
-    summary = kge_train.run(parse_args([
-        "--data", str(graph), "--out", str(out), "--dim", "16", "--epochs", "1",
-        "--batch-size", "256", "--negatives", "32", "--max-eval", "100", "--no-progress"]))
-    assert summary["best_epoch"] == 1 and not summary["best_restored"]
-    assert [p.name for p in (out / "best").glob("step-*")] == ["step-000000000001"]

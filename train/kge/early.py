@@ -107,9 +107,7 @@ def final_metrics(tracker: BestTracker, ps, evaluate_split, valid, test, history
     if valid is not None:
         final["valid"] = evaluate_split(valid)
         if not (history and history[-1].get("valid")):
-            # Saved also when no validation ran in the loop (--epochs 1, --eval-every 0):
-            # out/best then holds this model too, and a run can continue from it.
-            if tracker.observe(last, final["valid"]["mrr"]):
+            if tracker.observe(last, final["valid"]["mrr"]) and tracker.best_path is not None:
                 tracker.save(ps, last, meta(last, history[:-1] + [
                     history[-1] | {"valid": final["valid"]}]), comm)
         note = tracker.restore_best(ps, comm)
