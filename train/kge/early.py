@@ -96,9 +96,12 @@ def final_metrics(tracker: BestTracker, ps, evaluate_split, valid, test, history
     """Collective: the final valid and test metrics, of the best epoch's model.
 
     ``evaluate_split``: ``triples -> metrics``; ``valid``/``test``: triples or None. The last
-    epoch's valid MRR counts for the best unless its validation ran in the loop already (a new
-    best is then saved too, with ``meta(epoch, history)``, the history then ending in the
-    last epoch with its valid metrics, so that out/best always holds the best model).
+    epoch's valid MRR counts for the best unless its validation ran in the loop already. A new
+    best is then saved too, with ``meta(epoch, history)`` (the history ending in the last
+    epoch with its valid metrics), when out/best holds an earlier one, so that it holds the
+    best model; when no validation ran in the loop, out/best stays empty (the exports hold
+    that model): writing it here would come before the results are printed and needs a
+    folder shared by all ranks (tests/test_bad_input.py: a full disk, two hosts).
     Returns ({"valid": ..., "test": ...}, the console note of ``restore_best``).
     """
     last = history[-1]["epoch"] if history else 0
