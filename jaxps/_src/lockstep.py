@@ -29,10 +29,10 @@ import time
 
 import numpy as np
 
+from .abort import abort_job
 from .errors import ProtocolError
 from .store import TableState
 from .techniques import Classic
-from .abort import abort_job
 
 
 class Lockstep(Classic):
@@ -97,7 +97,7 @@ class StepExchange:
         for i, t in enumerate(names):
             owner = keys[t] % size
             order.append(np.argsort(owner, kind="stable"))
-            sent[:size, i] = np.bincount(owner, minlength=size)
+            sent[:, i] = np.bincount(owner, minlength=size)
         sent[:, ntab] = done
         got = np.empty_like(sent)
         waited = self._collective(self._comm.Ialltoall(sent, got))
@@ -112,8 +112,7 @@ class StepExchange:
         ends = np.cumsum(sent, axis=0)
         mine = [(i, t, order[i][ends[d, i] - sent[d, i]:ends[d, i]])
                 for d in range(size) for i, t in enumerate(names)]
-        keys_out = np.concatenate([keys[t][pos] for _, t, pos in mine]) if mine else \
-            np.empty(0, np.int64)
+        keys_out = np.concatenate([keys[t][pos] for _, t, pos in mine])
         asked_all = np.empty(int(got.sum()), np.int64)
         waited += self._collective(self._comm.Ialltoallv([keys_out, sent.sum(1)],
                                                          [asked_all, got.sum(1)]),
@@ -140,7 +139,7 @@ class StepExchange:
             if n:
                 out[t][pos] = rows_in[at:at + n].reshape(len(pos), widths[i])
             at += n
-        self._step = (names, mine, asked, sent, got, widths)
+        self._step = (mine, asked, sent, got, widths)
         self._count("pull", sent, got, widths, waited)
         return True
 
@@ -148,7 +147,7 @@ class StepExchange:
         """Collective: add ``deltas[t]`` (float32, at least n rows: those of the keys of
         the step's ``pull``, in their order) at the keys' owners; every rank's deltas of
         this step, in rank order. A done rank passes ``{}``."""
-        names, mine, asked, sent, got, widths = self._step
+        mine, asked, sent, got, widths = self._step
         self._step = None
         parts = [deltas[t][pos].reshape(-1) for _, t, pos in mine if len(pos)]
         deltas_out = np.concatenate(parts) if parts else np.empty(0, np.float32)

@@ -34,11 +34,14 @@ class Technique:
       name: shown in stats, logs and benchmark tables.
       relocates: keys can change owner (reads then fence on own in-flight writes).
       replicates: replicas exist (the PS runs sync rounds; ``wait_sync`` syncs them).
+      steps_in_collectives: ``SparseTrainer`` moves each step's rows in collectives of its
+        own instead of PS messages (lockstep.py; keys must then never move).
     """
 
     name = "?"
     relocates = False
     replicates = False
+    steps_in_collectives = False
 
     def setup(self, view: "PolicyView") -> Any:
         """Called once, collectively, after the tables exist; returns the technique's

@@ -121,7 +121,7 @@ class ParameterServer:
             self._abort_on_error = False
         # Lockstep: the trainer's per-step collectives, on a communicator of their own.
         self._lockstep = None
-        if getattr(self._technique, "steps_in_collectives", False) and self.size > 1:
+        if self._technique.steps_in_collectives and self.size > 1:
             from .lockstep import StepExchange
             self._lockstep = StepExchange(
                 self._comm.Clone(), self._by_name, self._engine.lock, self._stats,

@@ -63,6 +63,39 @@ class EpochMetrics:
         return dataclasses.asdict(self)
 
 
+class _Tally:
+    """One epoch's bookkeeping, the same for both loops of ``train_epoch``: the losses
+    weighted by examples, the counts, and the PS counters and compiles at its start."""
+
+    def __init__(self, trainer: "SparseTrainer", on_batch):
+        self._trainer, self._on_batch = trainer, on_batch
+        self._before, self._compiles0 = trainer.ps.stats(), trainer.compiles
+        self._t0 = time.perf_counter()
+        self.losses, self.weights, self.examples, self.batches = [], [], 0, 0
+
+    def add(self, num_examples: int, loss) -> None:
+        # The step has finished (its deltas were pushed): reading the loss is a copy of one
+        # float. (A jnp.stack of the epoch's losses at the end compiled a new concatenation
+        # for every epoch length: ~0.5 ms per batch.)
+        loss = float(loss)
+        self.losses.append(loss)
+        self.weights.append(num_examples)
+        self.examples += num_examples
+        self.batches += 1
+        if self._on_batch is not None:
+            self._on_batch(num_examples, loss)
+
+    def metrics(self) -> EpochMetrics:
+        seconds = time.perf_counter() - self._t0
+        loss = (float(np.dot(self.losses, self.weights) / sum(self.weights)) if self.losses
+                else float("nan"))
+        compiles = self._trainer.compiles
+        return EpochMetrics(loss, self.examples, self.batches, seconds,
+                            self.examples / max(seconds, 1e-9), compiles,
+                            compiles - self._compiles0,
+                            stats_delta(self._before, self._trainer.ps.stats()))
+
+
 class _Prepared(NamedTuple):
     keys: dict          # table -> int64 [U_t]
     sizes: dict         # table -> padded size B_t
@@ -239,9 +272,7 @@ class SparseTrainer:
         if self._exchange is not None:
             return self._epoch_in_lockstep(batches, on_batch, lr_scale)
         ps = self.ps
-        before = ps.stats()
-        compiles0 = self._compiles
-        t0 = time.perf_counter()
+        tally = _Tally(self, on_batch)
         window: deque[_Prepared] = deque()
         exhausted = False
 
@@ -259,7 +290,6 @@ class SparseTrainer:
                 ps._send_queued()  # every table's intents in one envelope per owner
             window.append(item)
 
-        losses, weights, examples, nbatches = [], [], 0, 0
         with Prefetcher(batches, self._prepare, self.prefetch, "jaxps-batches") as source:
             while not exhausted and len(window) < self.lookahead:
                 next_batch(len(window))
@@ -269,23 +299,10 @@ class SparseTrainer:
                 if not window:
                     break
                 b = window.popleft()
-                loss = self._run(b, lr_scale(nbatches) if callable(lr_scale) else lr_scale)
-                # The step has finished (its deltas were pushed): reading the loss is a
-                # copy of one float. (A jnp.stack of the epoch's losses at the end compiled
-                # a new concatenation for every epoch length: ~0.5 ms per batch.)
-                loss = float(loss)
-                losses.append(loss)
-                weights.append(b.num_examples)
-                examples += b.num_examples
-                nbatches += 1
-                if on_batch is not None:
-                    on_batch(b.num_examples, loss)
+                tally.add(b.num_examples, self._run(b, lr_scale(tally.batches)
+                                                    if callable(lr_scale) else lr_scale))
         ps.wait_all()
-        seconds = time.perf_counter() - t0
-        loss = float(np.dot(losses, weights) / sum(weights)) if losses else float("nan")
-        return EpochMetrics(loss, examples, nbatches, seconds, examples / max(seconds, 1e-9),
-                            self._compiles, self._compiles - compiles0,
-                            stats_delta(before, ps.stats()))
+        return tally.metrics()
 
     def _epoch_in_lockstep(self, batches: Iterable, on_batch, lr_scale) -> EpochMetrics:
         """``train_epoch`` with the lockstep technique: collective (every rank runs it).
@@ -298,10 +315,7 @@ class SparseTrainer:
         ps, exchange = self.ps, self._exchange
         names = sorted(self._opt)
         none = {t: np.empty(0, np.int64) for t in names}
-        before = ps.stats()
-        compiles0 = self._compiles
-        t0 = time.perf_counter()
-        losses, weights, examples, nbatches = [], [], 0, 0
+        tally = _Tally(self, on_batch)
         with Prefetcher(batches, self._prepare, self.prefetch, "jaxps-batches") as source:
             b = source.get()
             while True:
@@ -312,31 +326,25 @@ class SparseTrainer:
                     continue
                 sizes = self._padded_sizes(b)
                 keys = {t: b.keys.get(t, none[t]) for t in names}
-                rows, counts = {}, {}
-                for t in names:
-                    padded = _aligned_empty((sizes.get(t, self._floor[t]), self._widths[t]))
-                    padded[len(keys[t]):] = 0.0
-                    rows[t], counts[t] = padded, np.int32(len(keys[t]))
+                rows = {t: self._padded(t, sizes[t], len(keys[t])) for t in names}
+                counts = {t: np.int32(len(keys[t])) for t in names}
                 exchange.pull(names, keys, rows, done=False)
                 # A NaN raises here while the other ranks wait in the push: the error ends
                 # the job (run_main or the PS's abort_on_error), as any error must there.
-                loss, deltas = self._compute(rows, counts, b.data, lr_scale(nbatches)
+                loss, deltas = self._compute(rows, counts, b.data, lr_scale(tally.batches)
                                              if callable(lr_scale) else lr_scale)
                 exchange.push({t: np.asarray(deltas[t]) for t in names})
                 ps.advance_clock()
-                loss = float(loss)
-                losses.append(loss)
-                weights.append(b.num_examples)
-                examples += b.num_examples
-                nbatches += 1
-                if on_batch is not None:
-                    on_batch(b.num_examples, loss)
+                tally.add(b.num_examples, loss)
                 b = source.get()
-        seconds = time.perf_counter() - t0
-        loss = float(np.dot(losses, weights) / sum(weights)) if losses else float("nan")
-        return EpochMetrics(loss, examples, nbatches, seconds, examples / max(seconds, 1e-9),
-                            self._compiles, self._compiles - compiles0,
-                            stats_delta(before, ps.stats()))
+        return tally.metrics()
+
+    def _padded(self, table: str, size: int, n: int) -> np.ndarray:
+        """The step's input rows of ``table``: [size, width], aligned; rows from n on zero
+        (the first n are filled by the pull)."""
+        padded = _aligned_empty((size, self._widths[table]))
+        padded[n:] = 0.0
+        return padded
 
     def _compute(self, rows: dict, counts: dict, data, lr_scale: float):
         """The jitted step on pulled rows: (device loss, deltas); InputError on NaN/Inf."""
@@ -356,8 +364,7 @@ class SparseTrainer:
         rows, counts, handles = {}, {}, []
         for t, k in b.keys.items():
             # Rows land directly in the step's padded, aligned input (no second copy).
-            padded = _aligned_empty((sizes[t], self._widths[t]))
-            padded[len(k):] = 0.0
+            padded = self._padded(t, sizes[t], len(k))
             handles.append(ps._pull_into(t, k, padded))
             rows[t], counts[t] = padded, np.int32(len(k))
         for h in handles:

@@ -86,8 +86,8 @@ def check_compatible(manifest: dict, config: dict, fingerprint: dict, path: Path
     if not isinstance(meta.get("history"), list):
         raise ResumeError(f"{path}: its manifest has no training history, so a run cannot "
                           "continue from it (earlier versions of train.kge wrote out/best "
-                          "without one); resume from a checkpoint "
-                          "in the run's checkpoints/ folder instead")
+                          "without one); resume from a checkpoint in the run's checkpoints/ "
+                          "folder instead")
     if epochs < meta["epoch"]:
         raise ResumeError(f"--epochs {epochs} is below the checkpoint's epoch "
                           f"{meta['epoch']} ({path}); pass --epochs {meta['epoch']} or more "

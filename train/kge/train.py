@@ -316,12 +316,21 @@ def save_checkpoint(ps, config: KgeConfig, comm, *, epoch: int, position: int, n
     trained (0 at an epoch boundary). The step is the number of training triples consumed,
     which orders checkpoints whatever the rank count.
     """
-    meta = {"entrypoint": "train.kge", "epoch": epoch, "position": position, "history": history, "seconds": seconds,
-            "config": dataclasses.asdict(config), "fingerprint": fingerprint,
-            "rng": "numpy default_rng([seed, epoch]) permutes the epoch; each batch draws from "
-                   "default_rng([seed, epoch, rank, size, position of the batch])"}
+    meta = checkpoint_meta(config, epoch=epoch, position=position, history=history,
+                           seconds=seconds, fingerprint=fingerprint)
     return jaxps.save_checkpoint(ps, checkpoint_root(config), step=epoch * num_train + position,
                                  meta=meta, keep=config.keep_checkpoints, comm=comm)
+
+
+def checkpoint_meta(config: KgeConfig, *, epoch: int, position: int, history: list,
+                    seconds: float, fingerprint: dict) -> dict:
+    """What a resumable checkpoint's manifest holds: those of out/checkpoints and of
+    out/best alike, so that a run can continue from either (train/common/resume.py)."""
+    return {"entrypoint": "train.kge", "epoch": epoch, "position": position,
+            "history": history, "seconds": seconds, "config": dataclasses.asdict(config),
+            "fingerprint": fingerprint,
+            "rng": "numpy default_rng([seed, epoch]) permutes the epoch; each batch draws from "
+                   "default_rng([seed, epoch, rank, size, position of the batch])"}
 
 
 def export_embeddings(ps, out: Path, dataset: KgeDataset, widths: dict, *,
@@ -426,12 +435,9 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
     schedule = LrSchedule(config, num_batches(len(train), config, 0, size))
     best = early.BestTracker(config.patience, config.min_delta, out)
 
-    def best_meta(epoch: int, upto: list[dict]) -> dict:
-        # What a checkpoint of checkpoints/ holds (history, position, seconds), so that a run
-        # can also continue from the best model: --resume out/best/step-N.
-        return {"entrypoint": "train.kge", "config": dataclasses.asdict(config),
-                "fingerprint": fingerprint, "epoch": epoch, "position": 0, "history": upto,
-                "seconds": elapsed()}
+    def best_meta(epoch: int, upto: list[dict]) -> dict:  # resumable: --resume out/best/step-N
+        return checkpoint_meta(config, epoch=epoch, position=0, history=upto,
+                               seconds=elapsed(), fingerprint=fingerprint)
 
     stopped_why = f"--epochs {config.epochs} trained"
     history: list[dict] = []
