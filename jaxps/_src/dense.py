@@ -19,11 +19,19 @@ from typing import Callable, NamedTuple
 import jax
 import numpy as np
 
+from . import fused
+from .errors import InputError
 from .pipeline import Prefetcher, bucket_size, read_batch
 from .tables import initial_rows
 from .trainer import loss_and_row_deltas
 
 _CHUNK = 1 << 16   # keys per chunk when computing initial rows (bounds temporary memory)
+
+
+class _Item(NamedTuple):
+    keys: dict
+    data: object
+    num_examples: int
 
 
 class DenseMetrics(NamedTuple):
@@ -55,22 +63,34 @@ class DenseTrainer:
       optimizers: table name -> jaxps.RowOptimizer (tables not listed are not trained).
       min_bucket: the smallest padded unique-key count (as the trainer's).
       max_keys: table -> most unique keys of a batch: one padded size, as the trainer's.
+      steps_per_call: batches per jitted call (a ``lax.scan`` of the step, as
+        SparseTrainer's); the same rows and losses as one per call, less dispatch.
 
     Thread-safety: one thread drives a trainer.
     """
 
     def __init__(self, tables: Mapping, loss_fn: Callable, optimizers: Mapping, *,
-                 min_bucket: int = 64, max_keys: Mapping | None = None):
+                 min_bucket: int = 64, max_keys: Mapping | None = None,
+                 steps_per_call: int = 1):
         self._opt = dict(optimizers)
+        self.steps_per_call = steps_per_call
         # Padded sizes as SparseTrainer's: fixed by max_keys, else only growing.
         self._floor = {t: bucket_size(int((max_keys or {}).get(t, 1)), min_size=min_bucket)
                        for t in self._opt}
         self._dims = {t: tables[t].dim for t in self._opt}
+        for t, opt in self._opt.items():
+            # Also settles the optimizer's row layout outside the jitted step (row_optimizer
+            # evaluates its initial state with numpy, which a trace cannot).
+            if tables[t].state_dim != opt.state_dim(tables[t].dim):
+                raise InputError(f"table {t!r}: TableSpec.state_dim={tables[t].state_dim} but "
+                                 f"{opt.name} needs {opt.state_dim(tables[t].dim)} state "
+                                 f"columns for dim={tables[t].dim}")
         self._num_keys = {t: tables[t].num_keys for t in self._opt}
         self.min_bucket = min_bucket
         self.tables = {t: jax.numpy.asarray(initial_table(tables[t], t)) for t in self._opt}
         self._compiles = 0
         self._step = jax.jit(self._make_step(loss_fn), donate_argnums=0)
+        self._steps = jax.jit(self._make_steps(loss_fn), donate_argnums=0)
 
     @property
     def compiles(self) -> int:
@@ -83,18 +103,56 @@ class DenseTrainer:
             self._compiles += 1  # runs while tracing only
             # Padding keys are out of range: gathered as zero rows (as the trainer pads) and
             # dropped by the scatter. Real keys are sorted and unique, padding ones too.
-            rows = {t: tables[t].at[keys[t]].get(mode="fill", fill_value=0.0,
-                                                 indices_are_sorted=True, unique_indices=True)
-                    for t in tables}
+            rows = {t: fused.gather(tables[t], keys[t]) for t in tables}
             # Whole-row deltas exactly as SparseTrainer computes them, so the tables see
             # the same float32 additions as the PS rows.
             loss, deltas = loss_and_row_deltas(loss_fn, opts, dims, rows, data)
-            out = {t: tables[t].at[keys[t]].add(delta, mode="drop", indices_are_sorted=True,
-                                                unique_indices=True)
-                   for t, delta in deltas.items()}
+            out = {t: fused.scatter_add(tables[t], keys[t], d) for t, d in deltas.items()}
             return out, loss
 
         return step
+
+    def _make_steps(self, loss_fn: Callable) -> Callable:
+        """K batches per call: the step above in a scan (keys padded as there; a short
+        group's extra steps have only padding keys, so they change nothing)."""
+        opts, dims = self._opt, self._dims
+
+        def body(tables, keys, data, _rate):
+            rows = {t: fused.gather(tables[t], keys[t]) for t in tables}
+            loss, deltas = loss_and_row_deltas(loss_fn, opts, dims, rows, data)
+            out = {t: fused.scatter_add(tables[t], keys[t], d) for t, d in deltas.items()}
+            return out, loss, loss
+
+        run = fused.scan_steps(body)
+
+        def steps(tables, keys, data):
+            self._compiles += 1  # runs while tracing only
+            k = jax.tree_util.tree_leaves(keys)[0].shape[0]
+            tables, losses, _ = run(tables, keys, data, jax.numpy.zeros(k))
+            return tables, losses
+
+        return steps
+
+    def _group(self, batches: Iterable):
+        """Prepared groups of ``steps_per_call`` batches (the producer thread's iterator):
+        (keys [K, B] per table, stacked data, examples of the real batches)."""
+        prepared = (_Item(*self._prepare(item)) for item in batches)
+        for part in fused.group(prepared, self.steps_per_call):
+            pad = self.steps_per_call - len(part)
+            keys = {}
+            for t in self._opt:
+                # Keys come padded to the floor (out-of-range keys); it may have grown within
+                # the group. More out-of-range keys, above those, keep rows sorted and unique;
+                # dummy steps have only such keys (read as zeros, dropped).
+                width = max(len(b.keys[t]) for b in part)
+                top = self._num_keys[t] + width
+                rows = [np.concatenate([b.keys[t], top + np.arange(width - len(b.keys[t]))])
+                        for b in part]
+                rows += [top + np.arange(width)] * pad
+                keys[t] = np.stack(rows).astype(np.int32)
+            data = jax.tree_util.tree_map(lambda *xs: np.stack(xs),
+                                          *([b.data for b in part] + [part[-1].data] * pad))
+            yield keys, data, tuple(b.num_examples for b in part)
 
     def _prepare(self, item) -> tuple:
         keys, data, n = read_batch(item, self._opt)
@@ -117,17 +175,27 @@ class DenseTrainer:
         compiles0 = self._compiles
         t0 = time.perf_counter()
         losses, examples = [], 0
-        with Prefetcher(batches, self._prepare, prefetch, "jaxps-dense-batches") as source:
+        if self.steps_per_call > 1:
+            source, prepare = self._group(batches), (lambda g: g)
+        else:
+            source, prepare = batches, self._prepare
+        with Prefetcher(source, prepare, prefetch, "jaxps-dense-batches") as source:
             while (item := source.get()) is not None:
-                keys, data, n = item
-                self.tables, loss = self._step(self.tables, keys, data)
-                losses.append(loss)
-                examples += n
+                keys, data, ns = item
+                if self.steps_per_call > 1:
+                    self.tables, loss = self._steps(self.tables, keys, data)
+                else:
+                    self.tables, loss = self._step(self.tables, keys, data)
+                    ns = (ns,)
+                losses.append((loss, len(ns)))  # read at the end: no wait per step
+                examples += sum(ns)
                 if on_batch is not None:
-                    on_batch(n, float(loss))
+                    for n, x in zip(ns, np.atleast_1d(np.asarray(loss)).tolist()):
+                        on_batch(n, x)
         jax.block_until_ready(self.tables)
         seconds = time.perf_counter() - t0
-        return DenseMetrics([float(x) for x in losses], examples, len(losses), seconds,
+        losses = [x for loss, n in losses for x in np.atleast_1d(np.asarray(loss))[:n].tolist()]
+        return DenseMetrics(losses, examples, len(losses), seconds,
                             self._compiles, self._compiles - compiles0)
 
     def rows(self, table: str) -> np.ndarray:

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import devices
+from . import devices, fused
 from .errors import InputError
 from .pipeline import Batch, Prefetcher, bucket_size, index_batch, read_batch
 from .row_optim import RowOptimizer
@@ -126,6 +126,14 @@ class SparseTrainer:
         bucket size, so the step compiles once (``compile``) and never mid-epoch. Without
         it the padded size only grows (the largest bucket met so far), so a run compiles
         at most a few times, early.
+      steps_per_call: K >= 1 consecutive batches per jitted call (``jaxps/_src/fused.py``):
+        one pull of the union of their keys, a ``lax.scan`` of the step over them (each
+        batch reads the rows as the batches before it in the call left them, as a serial
+        run would), one push of the summed deltas and one tick of the PS clock. The host's
+        work per call (dispatch, pull, push, the PS's per-clock work) is paid once per K
+        batches; other ranks' updates arrive at call boundaries. ``lookahead`` then counts
+        calls. Batches whose data shapes differ from the call's start a new one (a short
+        call is filled with steps that change nothing). 1: one batch per call.
       device: where the jitted step runs (the PS's rows stay on the host and travel to
         it and back every step): None picks, where JAX's default backend is a GPU (the
         ``cuda`` extra), this rank's GPU, number ``ps.host.local_rank % count``, and the
@@ -143,14 +151,19 @@ class SparseTrainer:
 
     def __init__(self, ps, loss_fn: Callable, optimizers: Mapping[str, RowOptimizer], *,
                  lookahead: int = 8, prefetch: int = 4, min_bucket: int = 64,
-                 max_keys: Mapping[str, int] | None = None, device=None):
+                 max_keys: Mapping[str, int] | None = None, steps_per_call: int = 1,
+                 device=None):
         if not optimizers:
             raise InputError("SparseTrainer: optimizers must map at least one table to a "
                              "RowOptimizer, e.g. {'entity': jaxps.row_adagrad(0.1)}")
         if not isinstance(lookahead, int) or lookahead < 0:
             raise InputError(f"SparseTrainer: lookahead must be an int >= 0, got {lookahead!r}")
+        if not isinstance(steps_per_call, int) or steps_per_call < 1:
+            raise InputError(f"SparseTrainer: steps_per_call must be an int >= 1, got "
+                             f"{steps_per_call!r}")
         self.ps = ps
         self.lookahead = lookahead
+        self.steps_per_call = steps_per_call
         self.prefetch = max(prefetch, lookahead + 1)
         self.min_bucket = min_bucket
         self._opt = dict(optimizers)
@@ -178,9 +191,16 @@ class SparseTrainer:
                                  f"got {n!r}")
             self._floor[table] = bucket_size(int(n), min_size=min_bucket)
         self._fixed = set(max_keys or ())
+        # Slice sizes of a call's key union: with max_keys the largest possible union, so
+        # that compile() is the only compilation; else they grow as unions do.
+        self._slice_floor = {
+            t: (bucket_size(min(steps_per_call * self._floor[t], ps.tables[t].num_keys),
+                            min_size=min_bucket) if t in self._fixed else min_bucket)
+            for t in self._opt}
         self._check_finite = getattr(ps, "_check_finite", True)
         self._compiles = 0
         self._step = jax.jit(self._make_step(loss_fn))
+        self._fused = jax.jit(self._make_fused(loss_fn))
         host = getattr(ps, "host", None)
         self.device = devices.step_device(0 if host is None else host.local_rank, device)
         # Lockstep (jaxps._src.lockstep): rows move in this thread's collectives.
@@ -209,6 +229,33 @@ class SparseTrainer:
 
         return step
 
+    def _make_fused(self, loss_fn: Callable) -> Callable:
+        """The step over a window: slices of the union's rows -> (losses [K], whole-row
+        deltas final - initial of every slice row, all real steps finite)."""
+        opts, dims = self._opt, self._dims
+
+        def body(slices, positions, data, rate):
+            rows = {t: fused.gather(slices[t], positions[t]) for t in slices}
+            loss, deltas = loss_and_row_deltas(loss_fn, opts, dims, rows, data,
+                                               lr_scale=rate)
+            finite = jnp.isfinite(loss)
+            for t, delta in deltas.items():
+                valid = fused.in_range(positions[t], slices[t].shape[0])
+                finite &= (jnp.isfinite(delta) | ~valid[:, None]).all()
+            out = {t: fused.scatter_add(slices[t], positions[t], d) for t, d in deltas.items()}
+            return out, loss, finite
+
+        run = fused.scan_steps(body)
+
+        def step(slices, positions, data, lr, mask):
+            self._compiles += 1  # runs while tracing only: counts compilations
+            final, losses, finite = run(slices, positions, data, lr)
+            # Dummy steps (mask 0) may compute anything; their deltas were dropped.
+            ok = (finite | (mask == 0)).all()
+            return losses, {t: final[t] - slices[t] for t in slices}, ok
+
+        return step
+
     # ----- the background producer --------------------------------------------------------
     def _prepare(self, item) -> _Prepared:
         keys, data, n = read_batch(item, self._opt)
@@ -222,6 +269,22 @@ class SparseTrainer:
             prepared[table] = k
         sizes = {t: bucket_size(len(k), min_size=self.min_bucket) for t, k in prepared.items()}
         return _Prepared(prepared, sizes, data, n)
+
+    def _windows(self, batches: Iterable):
+        """The batches as prepared windows of ``steps_per_call`` (the producer thread's
+        iterator; it alone grows the floors while an epoch runs)."""
+        prepared = (self._prepare(item) for item in batches)
+        for part in fused.group(prepared, self.steps_per_call):
+            for b in part:
+                for t, n in b.sizes.items():
+                    self._floor[t] = max(self._floor[t], n)
+            yield fused.window(part, self.steps_per_call, dict(self._floor), self._slice_floor)
+
+    def _source(self, batches: Iterable) -> Prefetcher:
+        """The prepared batches (one per call) from a background thread."""
+        if self.steps_per_call == 1:
+            return Prefetcher(batches, self._prepare, self.prefetch, "jaxps-batches")
+        return Prefetcher(self._windows(batches), lambda w: w, self.prefetch, "jaxps-batches")
 
     def _padded_sizes(self, b: _Prepared) -> dict:
         """Bucket sizes for ``b`` on the training thread: at least the floor, which grows."""
@@ -238,8 +301,16 @@ class SparseTrainer:
         call it before the first epoch so that no epoch stalls mid-way (and timings never
         include one). Runs the step once on zero rows, which changes nothing in the PS.
         """
-        b = self._prepare(example)
         before = self._compiles
+        if self.steps_per_call > 1:
+            w = next(self._windows([example]))
+            rows = {t: np.zeros((w.sizes[t], self._widths[t]), np.float32) for t in w.keys}
+            with devices.on(self.device):
+                out = self._fused(rows, w.positions, w.data,
+                                  np.zeros(self.steps_per_call, np.float32), w.lr_mask)
+            jax.block_until_ready(out)
+            return self._compiles - before
+        b = self._prepare(example)
         sizes = self._padded_sizes(b)
         rows = {t: np.zeros((sizes[t], self._widths[t]), np.float32) for t in b.keys}
         counts = {t: np.int32(0) for t in b.keys}
@@ -290,7 +361,7 @@ class SparseTrainer:
                 ps._send_queued()  # every table's intents in one envelope per owner
             window.append(item)
 
-        with Prefetcher(batches, self._prepare, self.prefetch, "jaxps-batches") as source:
+        with self._source(batches) as source:
             while not exhausted and len(window) < self.lookahead:
                 next_batch(len(window))
             while True:
@@ -298,9 +369,8 @@ class SparseTrainer:
                     next_batch(self.lookahead)  # batch t + L, before batch t runs
                 if not window:
                     break
-                b = window.popleft()
-                tally.add(b.num_examples, self._run(b, lr_scale(tally.batches)
-                                                    if callable(lr_scale) else lr_scale))
+                for n, loss in self._run(window.popleft(), lr_scale, tally.batches):
+                    tally.add(n, loss)
         ps.wait_all()
         return tally.metrics()
 
@@ -316,7 +386,7 @@ class SparseTrainer:
         names = sorted(self._opt)
         none = {t: np.empty(0, np.int64) for t in names}
         tally = _Tally(self, on_batch)
-        with Prefetcher(batches, self._prepare, self.prefetch, "jaxps-batches") as source:
+        with self._source(batches) as source:
             b = source.get()
             while True:
                 if b is None:
@@ -324,18 +394,16 @@ class SparseTrainer:
                         break
                     exchange.push({})
                     continue
-                sizes = self._padded_sizes(b)
                 keys = {t: b.keys.get(t, none[t]) for t in names}
-                rows = {t: self._padded(t, sizes[t], len(keys[t])) for t in names}
-                counts = {t: np.int32(len(keys[t])) for t in names}
+                rows = self._rows(b)
                 exchange.pull(names, keys, rows, done=False)
                 # A NaN raises here while the other ranks wait in the push: the error ends
                 # the job (run_main or the PS's abort_on_error), as any error must there.
-                loss, deltas = self._compute(rows, counts, b.data, lr_scale(tally.batches)
-                                             if callable(lr_scale) else lr_scale)
-                exchange.push({t: np.asarray(deltas[t]) for t in names})
+                results, deltas = self._compute(b, rows, lr_scale, tally.batches)
+                exchange.push(deltas)
                 ps.advance_clock()
-                tally.add(b.num_examples, loss)
+                for n, loss in results:
+                    tally.add(n, loss)
                 b = source.get()
         return tally.metrics()
 
@@ -346,35 +414,55 @@ class SparseTrainer:
         padded[n:] = 0.0
         return padded
 
-    def _compute(self, rows: dict, counts: dict, data, lr_scale: float):
-        """The jitted step on pulled rows: (device loss, deltas); InputError on NaN/Inf."""
-        with devices.on(self.device):
-            loss, deltas, finite = self._step(rows, counts, data, np.float32(lr_scale))
+    def _rows(self, b) -> dict:
+        """The call's input rows per table, for the pull to fill: a batch's padded rows
+        (zero padding), or a window's slices (rows past the union are never read)."""
+        if isinstance(b, fused.Window):
+            return {t: _aligned_empty((b.sizes[t], self._widths[t])) for t in b.keys}
+        sizes = self._padded_sizes(b)
+        return {t: self._padded(t, sizes[t], len(k)) for t, k in b.keys.items()}
+
+    def _compute(self, b, rows: dict, lr_scale, first: int):
+        """The jitted call on pulled ``rows`` of batch or window ``b`` whose first batch is
+        the epoch's number ``first``: ``([(examples, loss) per batch], {table: deltas of
+        b.keys[t], numpy})``. InputError on NaN/Inf, before anything is pushed."""
+        rate = (lambda i: float(lr_scale(first + i))) if callable(lr_scale) else (
+            lambda i: float(lr_scale))
+        if isinstance(b, fused.Window):
+            n = len(b.examples)
+            lr = np.zeros(self.steps_per_call, np.float32)
+            lr[:n] = [rate(i) for i in range(n)]
+            with devices.on(self.device):
+                losses, deltas, finite = self._fused(rows, b.positions, b.data, lr, b.lr_mask)
+            what, them = f"one of batches {first}-{first + n - 1} of this epoch", "these batches"
+            results = list(zip(b.examples, np.asarray(losses)[:n].tolist()))
+        else:
+            counts = {t: np.int32(len(k)) for t, k in b.keys.items()}
+            with devices.on(self.device):
+                loss, deltas, finite = self._step(rows, counts, b.data, np.float32(rate(0)))
+            what, them = f"batch {first} of this epoch", "this batch"
+            results = [(b.num_examples, loss)]
         if self._check_finite and not bool(finite):
             raise InputError(
-                f"the step produced NaN or Inf (loss {float(loss)}) at clock {self.ps.clock}; "
-                f"nothing of this batch was pushed. Lower the learning rate or check the "
-                f"loss for log(0) / division by zero")
-        return loss, deltas
+                f"the step produced NaN or Inf (loss {[float(x) for _, x in results]}) at "
+                f"clock {self.ps.clock}, {what}; nothing of {them} was pushed. Lower the "
+                f"learning rate or check the loss for log(0) / division by zero")
+        return results, {t: np.asarray(deltas[t])[:len(k)] for t, k in b.keys.items()}
 
-    def _run(self, b: _Prepared, lr_scale: float = 1.0):
-        """Pull, step, push, tick for one batch; returns the (device) loss."""
+    def _run(self, b, lr_scale, first: int) -> list:
+        """Pull, step, push, tick for one batch or window; returns [(examples, loss)]."""
         ps = self.ps
-        sizes = self._padded_sizes(b)
-        rows, counts, handles = {}, {}, []
-        for t, k in b.keys.items():
-            # Rows land directly in the step's padded, aligned input (no second copy).
-            padded = self._padded(t, sizes[t], len(k))
-            handles.append(ps._pull_into(t, k, padded))
-            rows[t], counts[t] = padded, np.int32(len(k))
+        rows = self._rows(b)
+        # Rows land directly in the step's aligned input (no second copy).
+        handles = [ps._pull_into(t, k, rows[t]) for t, k in b.keys.items()]
         for h in handles:
             ps.wait(h)
-        loss, deltas = self._compute(rows, counts, b.data, lr_scale)
+        results, deltas = self._compute(b, rows, lr_scale, first)
         for t, k in b.keys.items():
             if len(k):
-                ps._push_checked(t, k, np.asarray(deltas[t])[:len(k)])
+                ps._push_checked(t, k, deltas[t])
         ps.advance_clock()
-        return loss
+        return results
 
 
 def loss_and_row_deltas(loss_fn: Callable, optimizers: Mapping[str, RowOptimizer],
@@ -390,7 +478,9 @@ def loss_and_row_deltas(loss_fn: Callable, optimizers: Mapping[str, RowOptimizer
     for t, r in rows.items():
         opt, d = optimizers[t], dims[t]
         updates, new_state = opt.update(grads[t], opt.unpack(r[:, d:], d), params[t])
-        delta_state = opt.pack(new_state) - r[:, d:]
+        # A stateless optimizer (optax.sgd) has no state columns; its pack has no rows.
+        packed = opt.pack(new_state) if r.shape[1] > d else r[:, d:]
+        delta_state = packed - r[:, d:]
         deltas[t] = jnp.concatenate([(updates * lr_scale).astype(jnp.float32),
                                      delta_state.reshape(r.shape[0], -1)], axis=1)
     return loss, deltas

@@ -55,7 +55,7 @@ def plan(args) -> list[dict]:
     for workload in args.workloads:
         base = {"workload": workload, "steps": args.steps, "warmup": args.warmup,
                 "seed": args.seed, "data_root": args.data_root, "lookahead": args.lookahead,
-                "net_latency_us": args.net_latency}
+                "net_latency_us": args.net_latency, "steps_per_call": args.steps_per_call}
         if "local" in args.techniques:
             runs.append(base | {"technique": "local", "ranks": 1})
         for ranks in args.ranks:
@@ -294,7 +294,8 @@ def _ps_rank(problem, spec: dict, comm) -> dict:
         technique = jaxps.Nups(hot_keys=problem.hot_keys(spec["nups_scale"]))
     with jaxps.ParameterServer(problem.tables, technique=technique, comm=comm) as ps:
         trainer = jaxps.SparseTrainer(ps, problem.loss_fn, problem.optimizers,
-                                      lookahead=spec["lookahead"], max_keys=problem.max_keys)
+                                      lookahead=spec["lookahead"], max_keys=problem.max_keys,
+                                      steps_per_call=spec.get("steps_per_call", 1))
         source = problem.batches(comm.Get_rank(), comm.Get_size(), ps.owned_keys)
         # The one shape (max_keys), from a batch of a fresh source, so that every technique
         # and the local baseline then train on the same batches.
@@ -325,7 +326,8 @@ def _local_rank(problem, spec: dict) -> dict:
     from jaxps import DenseTrainer
 
     trainer = DenseTrainer(problem.tables, problem.loss_fn, problem.optimizers,
-                           max_keys=problem.max_keys)
+                           max_keys=problem.max_keys,
+                           steps_per_call=spec.get("steps_per_call", 1))
     source = problem.batches(0, 1)
     warm_steps = warm_up(lambda b, f: trainer.train(b, on_batch=f), source, spec["warmup"],
                          lambda: trainer.compiles)
@@ -608,6 +610,9 @@ def parse_args(argv=None):
                    help="warm up until this many consecutive steps compiled nothing (at most "
                         f"{WARMUP_CAP}x as many steps); default 20, quick 10")
     p.add_argument("--lookahead", type=int, default=8, help="intents this many batches ahead (the trainer's default)")
+    p.add_argument("--steps-per-call", type=int, default=1, metavar="K",
+                   help="batches per jitted call, for every technique and the local baseline "
+                        "(SparseTrainer's steps_per_call; --steps should be a multiple)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds per mpiexec job before it is killed (default 900; quick 240)")
@@ -633,8 +638,8 @@ def parse_args(argv=None):
     unknown = set(args.techniques) - {"local", *TECHNIQUES}
     if unknown:
         p.error(f"unknown technique(s) {sorted(unknown)}; valid: local, {', '.join(TECHNIQUES)}")
-    if args.steps < 1 or args.warmup < 0:
-        p.error("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.steps_per_call < 1:
+        p.error("--steps and --steps-per-call must be >= 1 and --warmup >= 0")
     for w in args.workloads:
         try:
             bench_workloads.parse(w)
