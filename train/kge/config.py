@@ -119,6 +119,10 @@ class KgeConfig:
     technique: str = _opt("adaptive", "parameter management technique of the PS (adaptive: no tuning)", TECHNIQUES)
     lookahead: int = _opt(8, "signal intent this many batches ahead (0: no intents)", low=0,
                           high=64)
+    steps_per_call: int = _opt(1, "batches per jitted call (SparseTrainer's steps_per_call): "
+                               "one pull, push and PS clock tick per call, less host work per "
+                               "batch; other ranks' updates arrive between calls. With more "
+                               "than 1, --lookahead counts calls", low=1, high=64)
     seed: int = _opt(0, "seed of initialization, shuffling and negative sampling", low=0,
                      high=2**32 - 1)
     out: str = _opt("", "output folder: metrics.jsonl, summary.json, checkpoints/, embeddings; "

@@ -462,6 +462,7 @@ def run(config: KgeConfig, comm: MPI.Comm | None = None) -> dict:
                 say(f"embeddings initialized from {config.init_embeddings}")
             trainer = SparseTrainer(ps, make_loss(model, config), optimizers,
                                     lookahead=config.lookahead,
+                                    steps_per_call=config.steps_per_call,
                                     max_keys=max_keys(config, dataset))
             if trainer.device is not None:  # this rank's GPU: evaluation runs there too
                 jax.config.update("jax_default_device", trainer.device)

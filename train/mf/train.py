@@ -242,6 +242,7 @@ def run(config: MfConfig, comm: MPI.Comm | None = None) -> dict:
                     outputs.write_jsonl(out / "metrics.jsonl", history)
             trainer = SparseTrainer(ps, make_loss(dataset.mean, config.reg), optimizers,
                                     lookahead=config.lookahead,
+                                    steps_per_call=config.steps_per_call,
                                     max_keys=max_keys(config, dataset))
             if trainer.device is not None:  # this rank's GPU: evaluation runs there too
                 jax.config.update("jax_default_device", trainer.device)
