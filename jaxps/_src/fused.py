@@ -9,12 +9,13 @@ per example, since the K batches share keys (kge-zipf-small, K = 8: 6,900 distin
 rows instead of 8 x 1,158). Keras calls this ``steps_per_execution``.
 
 A window holds K batches. Per table, its keys are the union of theirs (sorted), pulled
-once into a slice of rows; each batch's rows are gathered from the slice inside the scan
-by their positions in the union, and its row deltas are scatter-added back into the slice,
-so a batch reads the updates of the batches before it in the window exactly as a serial
-run would. After the scan, ``final - initial`` over the union is pushed once: the sum of
-the K batches' deltas (no update is lost; other ranks' updates reach this rank at window
-boundaries, i.e. the PS's clock ticks once per window).
+once into a slice of rows. The scan carries the window's deltas so far (zeros at the
+start): each batch reads its rows as slice + deltas at its positions in the union, and
+scatter-adds its own row deltas into the carry, so it sees the updates of the batches
+before it in the window as a serial run would. The carry at the end, the sum of the K
+batches' deltas over the union, is pushed once (no update is lost; other ranks' updates
+reach this rank at window boundaries: the PS's clock ticks once per window). Carrying
+deltas rather than updated rows leaves the pulled slice a read-only input, used in place.
 
 A window with fewer batches (the end of a source, or a batch whose data shapes differ from
 the window's) is filled with dummy steps -- no rows (every position out of range), the last

@@ -231,28 +231,33 @@ class SparseTrainer:
 
     def _make_fused(self, loss_fn: Callable) -> Callable:
         """The step over a window: slices of the union's rows -> (losses [K], whole-row
-        deltas final - initial of every slice row, all real steps finite)."""
+        deltas of every slice row summed over the window, all real steps finite).
+
+        The scan carries the window's deltas, not updated rows: a batch reads its rows as
+        slice + deltas so far (what a serial run would read), and the result is the push
+        itself. The slice stays a read-only input (used in place, not copied into the
+        loop), and no ``final - initial`` pass over it is needed."""
         opts, dims = self._opt, self._dims
-
-        def body(slices, positions, data, rate):
-            rows = {t: fused.gather(slices[t], positions[t]) for t in slices}
-            loss, deltas = loss_and_row_deltas(loss_fn, opts, dims, rows, data,
-                                               lr_scale=rate)
-            finite = jnp.isfinite(loss)
-            for t, delta in deltas.items():
-                valid = fused.in_range(positions[t], slices[t].shape[0])
-                finite &= (jnp.isfinite(delta) | ~valid[:, None]).all()
-            out = {t: fused.scatter_add(slices[t], positions[t], d) for t, d in deltas.items()}
-            return out, loss, finite
-
-        run = fused.scan_steps(body)
 
         def step(slices, positions, data, lr, mask):
             self._compiles += 1  # runs while tracing only: counts compilations
-            final, losses, finite = run(slices, positions, data, lr)
+
+            def body(acc, pos, batch, rate):
+                rows = {t: fused.gather(slices[t], pos[t]) + fused.gather(acc[t], pos[t])
+                        for t in slices}
+                loss, deltas = loss_and_row_deltas(loss_fn, opts, dims, rows, batch,
+                                                   lr_scale=rate)
+                finite = jnp.isfinite(loss)
+                for t, delta in deltas.items():
+                    valid = fused.in_range(pos[t], slices[t].shape[0])
+                    finite &= (jnp.isfinite(delta) | ~valid[:, None]).all()
+                acc = {t: fused.scatter_add(acc[t], pos[t], d) for t, d in deltas.items()}
+                return acc, loss, finite
+
+            zeros = {t: jnp.zeros_like(x) for t, x in slices.items()}
+            deltas, losses, finite = fused.scan_steps(body)(zeros, positions, data, lr)
             # Dummy steps (mask 0) may compute anything; their deltas were dropped.
-            ok = (finite | (mask == 0)).all()
-            return losses, {t: final[t] - slices[t] for t in slices}, ok
+            return losses, deltas, (finite | (mask == 0)).all()
 
         return step
 
