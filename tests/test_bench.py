@@ -103,6 +103,24 @@ def test_tiny_matrix_writes_json_markdown_and_plot(tiny, tmp_path, capsys):
     assert "results.md" in capsys.readouterr().out
 
 
+def test_steps_per_call_reaches_every_run(tiny, tmp_path):
+    """--steps-per-call K: the local baseline and the PS jobs run K batches per call, with
+    no compile in the timed steps, and the report says K."""
+    out = tmp_path / "out"
+    bench.main(["--workloads", tiny, "--techniques", "local,adaptive", "--ranks", "2",
+                "--steps", "8", "--warmup", "4", "--timeout", "120", "--out", str(out),
+                "--repeats", "1", "--steps-per-call", "4"])
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [(r["technique"], r["ranks"]) for r in runs] == [("local", 1), ("adaptive", 2)]
+    for r in runs:
+        assert r["status"] == "ok", r.get("error")
+        assert r["steps_per_call"] == 4 and r["steps_per_rank"] == 8
+        assert r["timed_compiles"] == 0 and np.isfinite(r["loss"])
+    assert "--steps-per-call 4" in (out / "results.md").read_text()
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--steps-per-call", "0"])
+
+
 def test_failing_and_hanging_jobs_are_recorded(tiny, tmp_path):
     args = bench.parse_args(["--workloads", tiny, "--timeout", "60"])
     run = {"workload": tiny + ",dim=0", "technique": "classic", "ranks": 1, "steps": 2,

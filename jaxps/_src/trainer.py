@@ -11,7 +11,9 @@ Per batch t (clock c):
 A background thread (``pipeline.Prefetcher``) reads the batch source, checks the keys and
 pads them to bucket sizes, ahead of the step (the jitted step releases the GIL). Unique-key
 counts are padded to a few bucket sizes so the step stops compiling after warm-up;
-``compiles`` counts traces.
+``compiles`` counts traces. With ``steps_per_call`` K > 1 each of 1-4 is done once per K
+batches (a window: the union of their keys, one ``lax.scan`` of the step; ``fused.py``),
+and the clock ticks once per window.
 """
 
 from __future__ import annotations
