@@ -135,7 +135,10 @@ class SparseTrainer:
         work per call (dispatch, pull, push, the PS's per-clock work) is paid once per K
         batches; other ranks' updates arrive at call boundaries. ``lookahead`` then counts
         calls. Batches whose data shapes differ from the call's start a new one (a short
-        call is filled with steps that change nothing). 1: one batch per call.
+        call is filled with steps that change nothing). 1: one batch per call. Memory per
+        call and table: the union's slice and its deltas, each [S, width] float32, with
+        S = min(K x max_keys, num_keys) padded (fixed, so that ``compile`` stays the only
+        compilation) where ``max_keys`` is given, else the union's bucket.
       device: where the jitted step runs (the PS's rows stay on the host and travel to
         it and back every step): None picks, where JAX's default backend is a GPU (the
         ``cuda`` extra), this rank's GPU, number ``ps.host.local_rank % count``, and the
