@@ -89,8 +89,9 @@ class DenseTrainer:
         self.min_bucket = min_bucket
         self.tables = {t: jax.numpy.asarray(initial_table(tables[t], t)) for t in self._opt}
         self._compiles = 0
-        self._step = jax.jit(self._make_step(loss_fn), donate_argnums=0)
-        self._steps = jax.jit(self._make_steps(loss_fn), donate_argnums=0)
+        step, steps = self._make_step(loss_fn)
+        self._step = jax.jit(step, donate_argnums=0)
+        self._steps = jax.jit(steps, donate_argnums=0)
 
     @property
     def compiles(self) -> int:
@@ -99,39 +100,26 @@ class DenseTrainer:
     def _make_step(self, loss_fn: Callable) -> Callable:
         opts, dims = self._opt, self._dims
 
-        def step(tables, keys, data):
-            self._compiles += 1  # runs while tracing only
+        def update(tables, keys, data):
             # Padding keys are out of range: gathered as zero rows (as the trainer pads) and
             # dropped by the scatter. Real keys are sorted and unique, padding ones too.
             rows = {t: fused.gather(tables[t], keys[t]) for t in tables}
             # Whole-row deltas exactly as SparseTrainer computes them, so the tables see
             # the same float32 additions as the PS rows.
             loss, deltas = loss_and_row_deltas(loss_fn, opts, dims, rows, data)
-            out = {t: fused.scatter_add(tables[t], keys[t], d) for t, d in deltas.items()}
-            return out, loss
+            return {t: fused.scatter_add(tables[t], keys[t], d) for t, d in deltas.items()}, loss
 
-        return step
-
-    def _make_steps(self, loss_fn: Callable) -> Callable:
-        """K batches per call: the step above in a scan (keys padded as there; a short
-        group's extra steps have only padding keys, so they change nothing)."""
-        opts, dims = self._opt, self._dims
-
-        def body(tables, keys, data, _rate):
-            rows = {t: fused.gather(tables[t], keys[t]) for t in tables}
-            loss, deltas = loss_and_row_deltas(loss_fn, opts, dims, rows, data)
-            out = {t: fused.scatter_add(tables[t], keys[t], d) for t, d in deltas.items()}
-            return out, loss, loss
-
-        run = fused.scan_steps(body)
+        def step(tables, keys, data):
+            self._compiles += 1  # runs while tracing only
+            return update(tables, keys, data)
 
         def steps(tables, keys, data):
-            self._compiles += 1  # runs while tracing only
-            k = jax.tree_util.tree_leaves(keys)[0].shape[0]
-            tables, losses, _ = run(tables, keys, data, jax.numpy.zeros(k))
-            return tables, losses
+            """K batches per call: ``update`` in a scan (keys [K, B]; a short group's extra
+            steps have only padding keys, so they change nothing)."""
+            self._compiles += 1
+            return jax.lax.scan(lambda tabs, batch: update(tabs, *batch), tables, (keys, data))
 
-        return steps
+        return step, steps
 
     def _group(self, batches: Iterable):
         """Prepared groups of ``steps_per_call`` batches (the producer thread's iterator):

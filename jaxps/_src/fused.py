@@ -25,7 +25,7 @@ drops, so the scan keeps one length and compiles once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -110,23 +110,6 @@ def window(batches: list, steps: int, batch_sizes: Mapping[str, int],
     return Window(keys, sizes, positions, data, tuple(b.num_examples for b in batches), mask)
 
 
-def scan_steps(body: Callable) -> Callable:
-    """``body(tables, positions, data, lr) -> (tables, loss, finite)`` for one batch ->
-    ``(tables, positions [K, ...], data [K, ...], lr [K]) -> (tables, losses [K],
-    finite [K])`` over the window's batches in order (traceable; jit it)."""
-
-    def run(tables, positions, data, lr):
-        def one(carry, x):
-            pos, d, rate = x
-            carry, loss, finite = body(carry, pos, d, rate)
-            return carry, (loss, finite)
-
-        tables, (losses, finite) = jax.lax.scan(one, tables, (positions, data, lr))
-        return tables, losses, finite
-
-    return run
-
-
 def gather(table: jax.Array, positions: jax.Array) -> jax.Array:
     """Rows at sorted unique ``positions``; out-of-range ones read as zero rows."""
     return table.at[positions].get(mode="fill", fill_value=0.0, indices_are_sorted=True,
@@ -139,10 +122,4 @@ def scatter_add(table: jax.Array, positions: jax.Array, rows: jax.Array) -> jax.
                                    unique_indices=True)
 
 
-def in_range(positions: jax.Array, size: int) -> jax.Array:
-    """bool [B]: which positions are real rows (not padding)."""
-    return positions < size
-
-
-__all__ = ["Window", "gather", "group", "in_range", "scan_steps", "scatter_add", "signature",
-           "window"]
+__all__ = ["Window", "gather", "group", "scatter_add", "signature", "window"]

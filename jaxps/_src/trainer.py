@@ -223,14 +223,8 @@ class SparseTrainer:
             self._compiles += 1  # runs while tracing only: counts compilations
             loss, deltas = loss_and_row_deltas(loss_fn, opts, dims, rows, data,
                                                lr_scale=lr_scale)
-            finite = jnp.isfinite(loss)
-            for t, delta in deltas.items():
-                # Checked here, fused into the step, instead of a pass over the deltas on
-                # the host at every push (the PS's check_finite). Padding rows are left as
-                # they come (only the first counts[t] rows are pushed), but not checked.
-                valid = jnp.arange(delta.shape[0]) < counts[t]
-                finite &= (jnp.isfinite(delta) | ~valid[:, None]).all()
-            return loss, deltas, finite
+            valid = {t: jnp.arange(d.shape[0]) < counts[t] for t, d in deltas.items()}
+            return loss, deltas, _finite(loss, deltas, valid)
 
         return step
 
@@ -247,20 +241,18 @@ class SparseTrainer:
         def step(slices, positions, data, lr, mask):
             self._compiles += 1  # runs while tracing only: counts compilations
 
-            def body(acc, pos, batch, rate):
+            def body(acc, batch):
+                pos, data, rate = batch
                 rows = {t: fused.gather(slices[t], pos[t]) + fused.gather(acc[t], pos[t])
                         for t in slices}
-                loss, deltas = loss_and_row_deltas(loss_fn, opts, dims, rows, batch,
+                loss, deltas = loss_and_row_deltas(loss_fn, opts, dims, rows, data,
                                                    lr_scale=rate)
-                finite = jnp.isfinite(loss)
-                for t, delta in deltas.items():
-                    valid = fused.in_range(pos[t], slices[t].shape[0])
-                    finite &= (jnp.isfinite(delta) | ~valid[:, None]).all()
+                valid = {t: pos[t] < slices[t].shape[0] for t in deltas}  # not padding
                 acc = {t: fused.scatter_add(acc[t], pos[t], d) for t, d in deltas.items()}
-                return acc, loss, finite
+                return acc, (loss, _finite(loss, deltas, valid))
 
             zeros = {t: jnp.zeros_like(x) for t, x in slices.items()}
-            deltas, losses, finite = fused.scan_steps(body)(zeros, positions, data, lr)
+            deltas, (losses, finite) = jax.lax.scan(body, zeros, (positions, data, lr))
             # Dummy steps (mask 0) may compute anything; their deltas were dropped.
             return losses, deltas, (finite | (mask == 0)).all()
 
@@ -494,6 +486,17 @@ def loss_and_row_deltas(loss_fn: Callable, optimizers: Mapping[str, RowOptimizer
         deltas[t] = jnp.concatenate([(updates * lr_scale).astype(jnp.float32),
                                      delta_state.reshape(r.shape[0], -1)], axis=1)
     return loss, deltas
+
+
+def _finite(loss, deltas: Mapping, valid: Mapping):
+    """Traceable: the loss and every valid row's delta (``valid[t]`` bool [B_t]) finite.
+
+    Checked inside the step instead of a pass over the deltas on the host at every push
+    (the PS's check_finite); padding rows are never pushed, so they are not checked."""
+    finite = jnp.isfinite(loss)
+    for t, delta in deltas.items():
+        finite &= (jnp.isfinite(delta) | ~valid[t][:, None]).all()
+    return finite
 
 
 def _aligned_empty(shape: tuple[int, int]) -> np.ndarray:
