@@ -251,3 +251,20 @@ def test_adaptive_knobs_are_checked():
         jaxps.Adaptive(grace=-1)
     with pytest.raises(InputError, match="peer_timeout"):
         ParameterServer({"a": TableSpec(4, 2)}, peer_timeout=0)
+
+
+@pytest.mark.parametrize("width", [1, 3, 256])
+def test_row_store_add_matches_numpy_add(width):
+    """RowStore.add gathers and scatters rows as opaque items: the same sums as numpy's
+    ``values[slots] += deltas``, and only the given rows change."""
+    from jaxps._src.store import RowStore
+    rng = np.random.default_rng(width)
+    store = RowStore(100, width, 100)
+    store.values[:] = rng.random((100, width), dtype=np.float32)
+    expected = store.values.copy()
+    slots = rng.choice(100, 37, replace=False).astype(np.int32)
+    deltas = rng.random((37, width), dtype=np.float32)
+    store.add(slots, deltas)
+    expected[slots] += deltas
+    np.testing.assert_array_equal(store.values, expected)
+    assert store.writes.sum() == 37

@@ -107,6 +107,42 @@ def test_nan_in_a_call_pushes_nothing_of_it():
         np.testing.assert_array_equal(ps.pull("a", np.arange(len(before))), before)
 
 
+def test_non_finite_deltas_with_a_finite_loss_push_nothing_of_the_call():
+    """The check is on the call's summed deltas: a NaN gradient in one batch (its loss is
+    finite) must still stop the push of the whole call."""
+    raw = raw_batches(1, 4, spread=(3, 10))
+    i, j, y = raw[3]
+    raw[3] = (i, j, y + 10.0)  # the last batch: no later batch reads its NaN rows
+
+    def nan_grad_late(rows, data):
+        x = rows["a"][0, 0]
+        # sqrt(|x - x| + 0) in the last batch: the loss term is 0, its gradient 0 * inf.
+        off = jnp.where(data["y"].max() > 5.0, 0.0, 1.0)
+        return loss_fn(rows, data) + jnp.sqrt(jnp.abs(x - x) + off)
+
+    with ParameterServer(tables()) as ps:
+        before = ps.pull("a", np.arange(ps.tables["a"].num_keys))
+        trainer = SparseTrainer(ps, nan_grad_late, optimizers(), steps_per_call=4)
+        with pytest.raises(InputError, match="NaN or Inf.*batches 0-3.*nothing of these"):
+            trainer.train_epoch(ps_batches(raw))
+        np.testing.assert_array_equal(ps.pull("a", np.arange(len(before))), before)
+        # Without the NaN batch the same loss trains (the check has no false alarm).
+        clean = SparseTrainer(ps, nan_grad_late, optimizers(), steps_per_call=4)
+        assert np.isfinite(clean.train_epoch(ps_batches(raw[:3])).loss)
+
+
+def test_window_union_by_bitmap_and_by_sort_agree():
+    from jaxps._src import fused
+    rng = np.random.default_rng(3)
+    for num_keys in (50, 100_000):    # 50: the bitmap; 100,000 keys: the sort
+        parts = [np.unique(rng.integers(0, num_keys, n)) for n in (7, 30, 1, 12)]
+        parts.append(np.zeros(0, np.int64))
+        u, where = fused.union(parts, num_keys)
+        np.testing.assert_array_equal(u, np.unique(np.concatenate(parts)))
+        assert u.dtype == np.int64 and where.dtype == np.int32
+        np.testing.assert_array_equal(u[where], np.concatenate(parts))
+
+
 def test_intents_carry_the_call_key_union():
     raw = raw_batches(2, 8)
     with _RecordingPs(tables(), technique="adaptive") as ps:

@@ -38,6 +38,10 @@ from .pipeline import bucket_size
 # scatter), distinct and increasing so that each batch's positions stay sorted and unique.
 _PAD_BASE = 1 << 30
 
+# A window's union is found with a bitmap over the table when the table has at most this
+# many keys per key of the window (else by sorting): the bitmap's cost grows with the table.
+_DENSE_FACTOR = 32
+
 
 class Window(NamedTuple):
     """K consecutive batches, ready for one call.
@@ -83,25 +87,51 @@ def group(prepared: Iterable, steps: int) -> Iterator[list]:
         yield current
 
 
+def union(parts: list, num_keys: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(u, where)``: the sorted union u (int64) of key arrays ``parts`` (each sorted,
+    unique, in [0, num_keys)) and the positions in u of their concatenation (int32).
+
+    Where the table is not much larger than the keys (kge-zipf-small, 32 batches: 37,000
+    keys of 29,534), a bitmap over the table and a lookup table replace the sort and the
+    searches: 0.1 ms instead of 1.7 ms on the development machine, paid every window."""
+    cat = np.concatenate(parts)
+    if num_keys <= _DENSE_FACTOR * len(cat):
+        seen = np.zeros(num_keys, bool)
+        seen[cat] = True
+        u = np.flatnonzero(seen).astype(np.int64, copy=False)
+        lookup = np.empty(num_keys, np.int32)  # read only at the keys set just below
+        lookup[u] = np.arange(len(u), dtype=np.int32)
+        return u, lookup[cat]
+    u = uniq.unique(cat)
+    return u, np.searchsorted(u, cat).astype(np.int32)
+
+
 def window(batches: list, steps: int, batch_sizes: Mapping[str, int],
-           slice_floor: dict) -> Window:
+           slice_floor: dict, num_keys: Mapping[str, int]) -> Window:
     """The window of ``batches`` (each with ``.keys``, ``.data``, ``.num_examples``; at most
     ``steps``), padded to ``steps`` batches.
 
     ``batch_sizes[t]``: the bucket each batch's positions are padded to (>= its keys).
     ``slice_floor[t]``: the smallest slice size; raised here to the union's bucket (so it
-    only grows, and shapes settle early).
+    only grows, and shapes settle early). ``num_keys[t]``: the table's key range (every
+    key is in it: the trainer checked them).
     """
     keys, positions, sizes = {}, {}, {}
     for t, width in batch_sizes.items():
         parts = [b.keys[t] for b in batches]
-        union = uniq.unique(np.concatenate(parts)) if len(parts) > 1 else parts[0]
         pos = np.empty((steps, width), np.int32)
         pos[:] = _PAD_BASE + np.arange(width, dtype=np.int32)
-        for i, k in enumerate(parts):
-            pos[i, :len(k)] = np.searchsorted(union, k)
-        keys[t], positions[t] = union, pos
-        sizes[t] = slice_floor[t] = max(slice_floor[t], bucket_size(len(union)))
+        if len(parts) > 1:
+            u, where = union(parts, num_keys[t])
+            start = 0
+            for i, k in enumerate(parts):
+                pos[i, :len(k)] = where[start:start + len(k)]
+                start += len(k)
+        else:  # one batch: its keys are the union
+            u = parts[0]
+            pos[0, :len(u)] = np.arange(len(u), dtype=np.int32)
+        keys[t], positions[t] = u, pos
+        sizes[t] = slice_floor[t] = max(slice_floor[t], bucket_size(len(u)))
     leaves = [b.data for b in batches]
     leaves += [batches[-1].data] * (steps - len(batches))
     data = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *leaves)
@@ -122,4 +152,4 @@ def scatter_add(table: jax.Array, positions: jax.Array, rows: jax.Array) -> jax.
                                    unique_indices=True)
 
 
-__all__ = ["Window", "gather", "group", "scatter_add", "signature", "window"]
+__all__ = ["Window", "gather", "group", "scatter_add", "signature", "union", "window"]
