@@ -268,3 +268,31 @@ def test_row_store_add_matches_numpy_add(width):
     expected[slots] += deltas
     np.testing.assert_array_equal(store.values, expected)
     assert store.writes.sum() == 37
+
+
+def test_replica_store_sync_arithmetic_and_growth():
+    """ReplicaStore keeps value and base in two arrays: installs past its first capacity
+    keep both, a sync round sends value - base of written replicas (then base = value),
+    a refresh keeps local writes made meanwhile, a removal returns the unsynced delta."""
+    from jaxps._src.store import ReplicaStore
+    rng = np.random.default_rng(5)
+    rep = ReplicaStore(1000, 3)
+    keys = np.arange(0, 100, 2)  # 50 replicas: more than the initial capacity of 16
+    fresh = rng.random((50, 3), dtype=np.float32)
+    rep.install(keys, fresh, np.arange(50))
+    slots = rep.slot[keys]
+    np.testing.assert_array_equal(rep.value(slots), fresh)
+    d = rng.random((10, 3), dtype=np.float32)
+    rep.add(slots[:10], d)
+    got_keys, stamps, deltas = rep.take_deltas()
+    assert len(deltas) == 10 and set(got_keys[:10]) == set(keys[:10]) and len(got_keys) == 50
+    order = np.argsort(got_keys[:10])
+    np.testing.assert_allclose(deltas[order], d, rtol=1e-6)
+    rep.add(slots[:1], np.ones((1, 3), np.float32))  # a write while the sync is in flight
+    owner_rows = fresh[:10] + d + 5.0                  # the owner's rows, others' updates in
+    rep.refresh(keys[:10], owner_rows, np.arange(10) + 100)
+    expected = owner_rows.copy()
+    expected[0] += 1.0
+    np.testing.assert_allclose(rep.value(slots[:10]), expected, rtol=1e-6)
+    np.testing.assert_allclose(rep.remove(keys[:1]), np.ones((1, 3)), rtol=1e-6)
+    assert rep.count == 49 and rep.slot[keys[0]] < 0

@@ -213,3 +213,41 @@ def test_doc_technique_moves_then_copies():
     assert_all(moved > 0, f"no key moved ({moved})")
     assert_all(copied > 0, f"no replica was made ({copied})")
     assert_all(np.allclose(rows, clocks * COMM.size), f"lost updates: {rows[:3, 0]}")
+
+
+def test_owner_copies_keys_it_will_use_soon_and_hands_over_the_rest():
+    """adaptive: an owner that has signaled nothing yet (it started later) copies every key
+    asked for; once it signals, it copies the keys it will use within SOON clocks and
+    hands over the others. (Without this the rank that started first took over nearly
+    every key both ranks use, and one rank synced all the replicas.)"""
+    if SIZE < 2:
+        pytest.skip("needs 2 ranks: run under mpiexec (tests/test_mpi.py does)")
+    K = 1_200
+    own0 = np.arange(0, K, SIZE)  # home (and owner): rank 0
+    before, soon, other = own0[:100], own0[100:200], own0[200:300]
+
+    def ask_and_tick(keys):
+        if RANK == 1:
+            ps.intent("e", keys, ps.clock + 1, ps.clock + 3)
+        for _ in range(10):
+            time.sleep(0.005)
+            ps.advance_clock()
+        ps.barrier()
+        return ps.stats()
+
+    with jaxps.ParameterServer({"e": jaxps.TableSpec(K, 4)}, technique="adaptive") as ps:
+        ps.barrier()
+        s0 = ps.stats()
+        s1 = ask_and_tick(before)          # rank 0 has signaled nothing: copies
+        if RANK == 0:
+            ps.intent("e", soon, ps.clock + 5, ps.clock + 8)
+        ps.barrier()
+        s2 = ask_and_tick(soon)            # rank 0 will use them in 5 clocks: copies
+        s3 = ask_and_tick(other)           # rank 0 has no use for these: hands them over
+    if RANK == 1:
+        got = [(s["replicas_created"] - a["replicas_created"], s["relocations"] - a["relocations"])
+               for a, s in ((s0, s1), (s1, s2), (s2, s3))]
+        want = [(len(before), 0), (len(soon), 0), (0, len(other))]
+    else:
+        got = want = None
+    assert_all(got == want, f"(replicas, relocations) per phase {got}, expected {want}")
