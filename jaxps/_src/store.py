@@ -146,6 +146,10 @@ class ReplicaStore:
     def value(self, slots: np.ndarray) -> np.ndarray:
         return self._rows.values[slots]
 
+    def read_into(self, slots: np.ndarray, out: np.ndarray) -> None:
+        """``out[:] = value(slots)`` without a temporary (``out`` C-contiguous)."""
+        np.take(self._rows.values, slots, axis=0, out=out)
+
     def add(self, slots: np.ndarray, deltas: np.ndarray) -> None:
         self._rows.add(slots, deltas)
 
