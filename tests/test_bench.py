@@ -200,10 +200,6 @@ def test_workload_parameters():
     assert bench_workloads.WORKLOADS["fb15k-237"].unavailable(BenchOptions()) is not None
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
-
-
 def test_floor_moves_rows_without_losing_any(tmp_path):
     """`python -m train.bench.floor` on 2 real ranks: every phase timed, every key still
     on exactly one rank after the moves, the JSON written."""
@@ -233,3 +229,21 @@ def test_lockstep_trains_what_a_serial_replay_trains(tiny, ranks):
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["max_abs_change"] > 1e-3          # it trained
     assert out["max_abs_diff"] < 1e-5, out       # exactly what the replay trained
+
+
+def test_calls_times_every_piece_of_a_call(tiny, tmp_path):
+    """`python -m train.bench.calls`: the no-PS call and each piece of the PS call timed
+    over the same batches, the JSON written with positive figures."""
+    from train.bench import calls
+
+    out = tmp_path / "calls.json"
+    assert calls.main(["--workload", tiny, "--steps-per-call", "4", "--calls", "3",
+                       "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert set(figures["ms_per_batch"]) == {"local", "window", "pull", "step", "push", "tick"}
+    assert all(v["min_ms"] > 0 for v in figures["ms_per_batch"].values())
+    assert 0 < figures["union_rows"]["entity"] <= 300 and figures["local_over_ps"] > 0
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import REPO, mpi_env
 
-MODULES = ["train.kge", "train.mf", "train.bench", "train.bench.ps", "train.bench.floor", "train.bench.lockstep", "train.demo",
+MODULES = ["train.kge", "train.mf", "train.bench", "train.bench.ps", "train.bench.floor", "train.bench.calls", "train.bench.lockstep", "train.demo",
            "train.whatif", "train.whatif.check", "train.resume_check", "train.compare_pbg",
            "train.mf.compare_surprise", "train.plot", "train.trace",
            "train.bench.workloads", "train.kge.datasets", "train.kge.predict", "train.kge.plot"]
