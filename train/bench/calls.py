@@ -13,7 +13,9 @@ call, its NaN check and the transfer of its results), ``push`` and ``tick``
 (``advance_clock``). Each piece is timed on its own, so the figures exclude the batch
 source and the overlap of the batch thread; ``python -m train.bench`` measures whole runs.
 The two kinds of call alternate, so both see the same machine. Prints the minimum and the
-median over ``--calls`` calls, in ms per batch (per call / K).
+median over ``--calls`` calls, in ms per batch (per call / K). To time the pieces apart it
+calls the trainers' private steps (``_windows``, ``_compute``, ...), as a profiler must;
+their names and the pieces may change with the trainer.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ def measure(args) -> dict:
     from mpi4py import MPI
 
     import jaxps
-    from jaxps._src.dense import DenseTrainer
     from train.bench import workloads as bench_workloads
 
     workload, params = bench_workloads.parse(args.workload)
@@ -49,7 +50,7 @@ def measure(args) -> dict:
         times.setdefault(name, []).append(time.perf_counter() - t0)
         return out
 
-    dense = DenseTrainer(problem.tables, problem.loss_fn, problem.optimizers,
+    dense = jaxps.DenseTrainer(problem.tables, problem.loss_fn, problem.optimizers,
                          max_keys=problem.max_keys, steps_per_call=k)
     groups = list(dense._group(batches))
     with jaxps.ParameterServer(problem.tables, technique="adaptive",
