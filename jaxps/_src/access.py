@@ -34,20 +34,19 @@ def start_pull(eng: ReplicatingEngine, t: TableState, keys: np.ndarray,
         other = np.flatnonzero(~local)
         if t.replicas is not None:  # owned or ready replicas only: answer here
             rslots = t.replicas.slot[keys[other]]
-            if (rslots >= 0).all() and _owned_first(local, other):
-                # The trainer orders a call's keys owned first (ParameterServer.
-                # _local_first): two gathers straight into the two parts of ``out``.
-                n = len(keys) - len(other)
-                np.take(t.store.values, slots[:n], axis=0, out=out[:n])
-                t.replicas.read_into(rslots, out[n:])
-                stats["pull_local"] += len(keys)
-                return completed("pull", t.name, out)
             if (rslots >= 0).all():
-                # One gather of every position (a replicated key's slot, < 0, reads a
-                # clipped row that the next line overwrites): cheaper than gathering the
-                # owned rows into a copy and scattering it into ``out``.
-                np.take(t.store.values, slots, axis=0, out=out, mode="clip")
-                out[other] = t.replicas.value(rslots)
+                if owned_first(local, other):
+                    # The trainer orders a call's keys owned first (ParameterServer.
+                    # _local_first): two gathers straight into the two parts of ``out``.
+                    n = len(keys) - len(other)
+                    np.take(t.store.values, slots[:n], axis=0, out=out[:n])
+                    t.replicas.read_into(rslots, out[n:])
+                else:
+                    # One gather of every position (a replicated key's slot, < 0, reads a
+                    # clipped row that the next line overwrites): cheaper than gathering
+                    # the owned rows into a copy and scattering it into ``out``.
+                    np.take(t.store.values, slots, axis=0, out=out, mode="clip")
+                    out[other] = t.replicas.value(rslots)
                 stats["pull_local"] += len(keys)
                 return completed("pull", t.name, out)
         own = np.flatnonzero(local)
@@ -80,25 +79,20 @@ def write(eng: ReplicatingEngine, tag: Tag, t: TableState, keys: np.ndarray,
         own, other = np.flatnonzero(local), np.flatnonzero(~local)
         if t.replicas is not None:  # owned or ready replicas only: apply here
             rslots = t.replicas.slot[keys[other]]
-            if (rslots >= 0).all() and _owned_first(local, other):
-                # Owned keys first (the trainer's order): the rows' two parts are slices,
-                # not the two copies ``rows[own]`` and ``rows[other]`` of the general case.
-                n = len(own)
-                if tag is Tag.PUSH:
-                    t.store.add(slots[:n], rows[:n])
-                    t.replicas.add(rslots, rows[n:])
-                else:
-                    t.store.assign(slots[:n], rows[:n])
-                    t.replicas.assign(rslots, rows[n:])
-                stats["push_local"] += len(keys)
-                return completed(kind, t.name)
             if (rslots >= 0).all():
-                if tag is Tag.PUSH:
-                    t.store.add(slots[own], rows[own])
-                    t.replicas.add(rslots, rows[other])
+                if owned_first(local, other):
+                    # Owned keys first (the trainer's order): the rows' two parts are
+                    # slices, not the two copies ``rows[own]`` and ``rows[other]``.
+                    n = len(own)
+                    own_slots, own_rows, replica_rows = slots[:n], rows[:n], rows[n:]
                 else:
-                    t.store.assign(slots[own], rows[own])
-                    t.replicas.assign(rslots, rows[other])
+                    own_slots, own_rows, replica_rows = slots[own], rows[own], rows[other]
+                if tag is Tag.PUSH:
+                    t.store.add(own_slots, own_rows)
+                    t.replicas.add(rslots, replica_rows)
+                else:
+                    t.store.assign(own_slots, own_rows)
+                    t.replicas.assign(rslots, replica_rows)
                 stats["push_local"] += len(keys)
                 return completed(kind, t.name)
         if tag is Tag.PUSH:
@@ -149,7 +143,7 @@ def _count_local(stats: dict, op: str, t: TableState, keys: np.ndarray,
     stats[f"{op}_remote"] += len(keys) - n_local
 
 
-def _owned_first(local: np.ndarray, other: np.ndarray) -> bool:
+def owned_first(local: np.ndarray, other: np.ndarray) -> bool:
     """Whether the keys this rank owns (``local``) all come before the others (``other``:
     the positions of the rest, increasing)."""
     return not len(other) or other[0] == len(local) - len(other)

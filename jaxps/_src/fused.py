@@ -142,7 +142,7 @@ def window(batches: list, steps: int, batch_sizes: Mapping[str, int],
 
 
 # Positions are unique but not always sorted (the trainer may put a call's owned keys
-# first: ``local_first``); XLA on the CPU ran these as fast without the sorted hint.
+# first: ``reorder``); XLA on the CPU ran these as fast without the sorted hint.
 def gather(table: jax.Array, positions: jax.Array) -> jax.Array:
     """Rows at unique ``positions``; out-of-range ones read as zero rows."""
     return table.at[positions].get(mode="fill", fill_value=0.0, unique_indices=True)

@@ -190,10 +190,10 @@ class ParameterServer:
         t = self._table(table)
         with self._engine.lock:
             local = t.store.slot[keys] >= 0
-        n = int(np.count_nonzero(local))
-        if n in (0, len(keys)) or local[:n].all():
+        other = np.flatnonzero(~local)
+        if len(other) == len(keys) or access.owned_first(local, other):
             return None
-        return np.concatenate([np.flatnonzero(local), np.flatnonzero(~local)])
+        return np.concatenate([np.flatnonzero(local), other])
 
     def _push_checked(self, table: str, keys: np.ndarray, deltas: np.ndarray) -> Handle:
         """Push with validated, unique ``keys`` and finite float32 ``deltas`` [n, width]."""
